@@ -1,0 +1,166 @@
+//! The one error type of the crate.
+
+use std::time::Duration;
+
+use mongodb::bson::DateTime;
+
+/// Everything that can go wrong when taking, renewing or releasing a lock.
+///
+/// The enum is `#[non_exhaustive]`: match the variants you act on and keep a
+/// catch-all arm. Errors from the MongoDB driver are kept whole in
+/// [`Error::Mongo`], with the server's error code and labels.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lock is held by someone else and could not be taken before the
+    /// timeout ran out (or at the single attempt, when no timeout was set).
+    ///
+    /// It carries what the server said about the current holder at the last
+    /// attempt. `owner` is `None` when the lock is free of an owner but still
+    /// within a minimum hold time, or when the holder released it between the
+    /// attempt and the read.
+    #[error(
+        "lock {key:?} is held by {} since {} and expires {}",
+        display_opt(owner),
+        display_opt(since),
+        display_opt(expires)
+    )]
+    Locked {
+        /// The key that was asked for.
+        key: String,
+        /// The current holder's owner token, as stored.
+        owner: Option<String>,
+        /// When the current holder took the lock, by the server's clock.
+        since: Option<DateTime>,
+        /// When the current lease ends, by the server's clock.
+        expires: Option<DateTime>,
+    },
+
+    /// The lock was lost while it was believed held: a renewal found another
+    /// owner or no lock at all, or the lease ran out before a renewal was
+    /// confirmed.
+    #[error("lock {key:?} held by {owner:?} was lost: {reason}")]
+    LockLost {
+        /// The key of the lost lock.
+        key: String,
+        /// The owner token this holder used.
+        owner: String,
+        /// What showed that the lock was lost.
+        reason: String,
+    },
+
+    /// [`global`](crate::global) was called before [`configure`](crate::configure).
+    #[error("mongolock is not configured: call mongolock::configure(MongoLock) once at startup")]
+    NotConfigured,
+
+    /// [`configure`](crate::configure) was called a second time.
+    #[error("mongolock is already configured: configure() may be called only once")]
+    AlreadyConfigured,
+
+    /// The lock key cannot be used.
+    #[error("invalid lock key {}: {reason}", preview(key))]
+    InvalidKey {
+        /// The key as given (shown shortened in the message).
+        key: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The owner token cannot be used.
+    #[error("invalid lock owner {}: {reason}", preview(owner))]
+    InvalidOwner {
+        /// The owner as given (shown shortened in the message).
+        owner: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// A duration option is out of range.
+    #[error("invalid {what} {duration:?}: {reason}")]
+    InvalidDuration {
+        /// Which option: `expires`, `timeout`, `min_hold`, ...
+        what: &'static str,
+        /// The value given.
+        duration: Duration,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The connection string could not be parsed. The message never contains
+    /// the credentials of the URI.
+    #[error("invalid MongoDB connection string: {0}")]
+    InvalidUri(String),
+
+    /// A lock document in the collection does not have the shape this crate
+    /// writes. Something else writes to the lock collection.
+    #[error("unexpected lock document for key {key:?}: {reason}")]
+    Corrupt {
+        /// The key of the document.
+        key: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// The MongoDB driver or server reported an error.
+    #[error("MongoDB error: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn display_opt<T: std::fmt::Display>(value: &Option<T>) -> String {
+    match value {
+        Some(v) => v.to_string(),
+        None => "-".to_owned(),
+    }
+}
+
+/// Shows at most 64 characters of a user string, so a huge key does not make
+/// a huge error message.
+fn preview(s: &str) -> String {
+    const SHOWN: usize = 64;
+    let mut chars = s.chars();
+    let head: String = chars.by_ref().take(SHOWN).collect();
+    if chars.next().is_some() {
+        format!("{head:?}... ({} bytes)", s.len())
+    } else {
+        format!("{head:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_key_is_shortened_in_message() {
+        let err = Error::InvalidKey {
+            key: "x".repeat(10_000),
+            reason: "too long",
+        };
+        let msg = err.to_string();
+        assert!(msg.len() < 200, "{msg}");
+        assert!(msg.contains("10000 bytes"), "{msg}");
+    }
+
+    #[test]
+    fn locked_message_names_the_holder() {
+        let err = Error::Locked {
+            key: "job".into(),
+            owner: Some("worker-1".into()),
+            since: Some(DateTime::from_millis(0)),
+            expires: None,
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("\"job\""), "{msg}");
+        assert!(msg.contains("worker-1"), "{msg}");
+        assert!(msg.contains("1970-01-01"), "{msg}");
+    }
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn check<T: std::error::Error + Send + Sync + 'static>() {}
+        check::<Error>();
+    }
+}

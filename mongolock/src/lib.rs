@@ -1,0 +1,66 @@
+//! Distributed locks kept in MongoDB, decided by the server's clock.
+//!
+//! A job that must not run twice at once, on any of many machines, takes a
+//! lock first. This crate keeps the API of the Python `mongolock` package
+//! (`lock`, `release`, `touch`, a scoped form that fails with
+//! [`Error::Locked`]) and removes its two traps:
+//!
+//! - **Shared owner names.** [`MongoLock::acquire`] makes a unique owner per
+//!   acquisition, and a [`LockGuard`] checks its fencing token on every write,
+//!   so one worker can never release or renew another's lock.
+//! - **Clock drift.** Every expiry decision is made by the server with
+//!   `$$NOW`, in one atomic `findOneAndUpdate`; no client clock is read. The
+//!   lease starts when the lock is taken, not when the wait began.
+//!
+//! Every acquisition also gets a **fencing token** that only ever grows for a
+//! key, across releases, expiries and cleanup of the lock document.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use mongolock::MongoLock;
+//!
+//! # async fn demo() -> mongolock::Result<()> {
+//! let lock = MongoLock::connect("mongodb://localhost:27017").await?;
+//!
+//! // The seed's method form.
+//! if lock.lock("report", "worker-1").expires(Duration::from_secs(60)).await? {
+//!     lock.touch("report", "worker-1").expires(Duration::from_secs(60)).await?;
+//!     lock.release("report", "worker-1").await?;
+//! }
+//!
+//! // The scoped form: waits up to 10 s, then fails with Error::Locked.
+//! let guard = lock.acquire("report").timeout(Duration::from_secs(10)).await?;
+//! // ... the work, with guard.token() as fencing token ...
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod acquire;
+mod error;
+mod global;
+mod guard;
+mod info;
+mod mongo_lock;
+mod owner;
+mod query;
+mod redact;
+mod validate;
+mod wait;
+
+pub use acquire::{Acquire, Lock};
+pub use error::{Error, Result};
+pub use global::{configure, global};
+pub use guard::LockGuard;
+pub use info::LockInfo;
+pub use mongo_lock::{
+    MongoLock, Release, Touch, DEFAULT_CLEANUP_AFTER, DEFAULT_COLLECTION, DEFAULT_DATABASE,
+    DEFAULT_EXPIRES,
+};
+pub use owner::unique_owner;
+pub use validate::{MAX_DURATION, MAX_KEY_BYTES, MAX_OWNER_BYTES};
+pub use wait::Backoff;
+
+pub use mongodb;

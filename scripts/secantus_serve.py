@@ -1,0 +1,88 @@
+"""Runs secantusd-py on a free loopback port for as long as stdin stays open.
+
+Called by scripts/mongo-server. Prints `uri=...` and `pid=...` on stdout when
+the server accepts connections. The server's own output goes to stderr.
+"""
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+START_TIMEOUT_S = 60
+ATTEMPTS = 3
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def start(binary, args):
+    """Starts the server, retrying on another port if it dies at start-up
+    (another process may take the free port first)."""
+    for _ in range(ATTEMPTS):
+        port = free_port()
+        proc = subprocess.Popen(
+            [binary, "--host", "127.0.0.1", "--port", str(port), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr,
+            stderr=sys.stderr,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            if accepts(port):
+                return proc, port
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+    sys.exit("secantus_serve: the server did not start")
+
+
+def main():
+    binary, args = sys.argv[1], sys.argv[2:]
+    if "--storage-path" not in args:
+        args += ["--storage-path", ":memory:"]
+    proc, port = start(binary, args)
+    print(f"uri=mongodb://127.0.0.1:{port}/?directConnection=true", flush=True)
+    print(f"pid={proc.pid}", flush=True)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def watch_stdin():
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except OSError:
+            pass
+        stop.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    while not stop.wait(0.2):
+        if proc.poll() is not None:
+            # The server stopped by itself (a test may restart it): keep the
+            # supervisor alive only as long as someone is listening.
+            break
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+//! Support for this workspace's tests, examples and benchmarks: a local
+//! MongoDB-compatible server (SecantusDB), started on demand.
+//!
+//! Set `MONGODB_URI` to use another server instead; nothing is started then.
+//! Not published: library users never see this crate.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+
+use mongodb::bson::Document;
+use mongodb::Collection;
+use mongolock::MongoLock;
+
+/// A SecantusDB process owned by this process. It stops when this value is
+/// dropped or, at the latest, when this process exits (its supervisor watches
+/// our end of a pipe).
+#[derive(Debug)]
+pub struct LocalServer {
+    uri: String,
+    pid: u32,
+    child: Child,
+    _stdin: ChildStdin,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl LocalServer {
+    /// Starts a server with extra `secantusd-py` arguments, such as
+    /// `--enable-test-commands` or `--storage-path DIR`, installing SecantusDB
+    /// first if needed.
+    pub fn start(args: &[&str]) -> Result<Self, String> {
+        let script = workspace_root().join("scripts/mongo-server");
+        let mut child = Command::new(&script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("the server script has no pipes".to_owned());
+        };
+        let mut stdout = BufReader::new(stdout);
+        let (mut uri, mut pid) = (None, None);
+        while uri.is_none() || pid.is_none() {
+            let mut line = String::new();
+            match stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => {
+                    return Err(format!(
+                        "{} exited before the server was ready",
+                        script.display()
+                    ))
+                }
+                Ok(_) => {}
+            }
+            if let Some(v) = line.trim().strip_prefix("uri=") {
+                uri = Some(v.to_owned());
+            } else if let Some(v) = line.trim().strip_prefix("pid=") {
+                pid = v.parse().ok();
+            }
+        }
+        let (Some(uri), Some(pid)) = (uri, pid) else {
+            return Err("no uri from the server script".to_owned());
+        };
+        Ok(Self {
+            uri,
+            pid,
+            child,
+            _stdin: stdin,
+            _stdout: stdout,
+        })
+    }
+
+    /// The connection string.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The server's process id (to pause or kill it in fault tests).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        // Closing stdin (dropped with self) stops the server; SIGTERM makes it
+        // immediate.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The root of this workspace.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The server for this process: `MONGODB_URI` if set, else one local server
+/// started on first use and shared by every caller in this process.
+pub fn server_uri() -> Result<String, String> {
+    if let Ok(uri) = std::env::var("MONGODB_URI") {
+        if !uri.is_empty() {
+            return Ok(uri);
+        }
+    }
+    static SERVER: OnceLock<Result<LocalServer, String>> = OnceLock::new();
+    SERVER
+        .get_or_init(|| LocalServer::start(&[]))
+        .as_ref()
+        .map(|s| s.uri.clone())
+        .map_err(Clone::clone)
+}
+
+/// A fresh, empty collection for one test, named after it, in database
+/// `mongolock_test`, on [`server_uri`]'s server.
+pub async fn fresh_collection(name: &str) -> Collection<Document> {
+    let uri = match server_uri() {
+        Ok(uri) => uri,
+        Err(e) => panic!("no MongoDB server for tests: {e}"),
+    };
+    let client = match mongodb::Client::with_uri_str(&uri).await {
+        Ok(c) => c,
+        Err(e) => panic!("cannot connect to {uri}: {e}"),
+    };
+    let suffix: u32 = rand_suffix();
+    client
+        .database("mongolock_test")
+        .collection(&format!("{name}_{suffix:08x}"))
+}
+
+/// A [`MongoLock`] on a [`fresh_collection`].
+pub async fn fresh_lock(name: &str) -> MongoLock {
+    MongoLock::with_collection(fresh_collection(name).await)
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    RandomState::new().hash_one((nanos, std::process::id())) as u32
+}
+
+/// The README's examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
