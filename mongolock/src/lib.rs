@@ -45,6 +45,9 @@ mod guard;
 mod info;
 mod mongo_lock;
 mod owner;
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 mod query;
 mod redact;
 mod validate;
@@ -64,3 +67,6 @@ pub use validate::{MAX_DURATION, MAX_KEY_BYTES, MAX_OWNER_BYTES};
 pub use wait::Backoff;
 
 pub use mongodb;
+
+#[doc = include_str!("macro_docs.md")]
+pub use mongolock_macros::mongo_locked;

@@ -1,0 +1,250 @@
+//! The attribute's arguments: `key = "...", expires = 60, ...`.
+
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, Ident, Lit, LitStr, Path, Token};
+
+use crate::duration;
+
+/// Every argument name, in the order the docs list them.
+pub(crate) const NAMES: &[&str] = &["key", "expires", "timeout", "owner", "lock", "crate"];
+
+/// How the key is given.
+#[cfg_attr(test, derive(Debug))]
+pub(crate) enum Key {
+    /// A string literal with `{placeholders}`.
+    Template(LitStr),
+    /// Any expression giving `impl Into<String>`.
+    Expr(Expr),
+}
+
+/// A duration argument, in milliseconds, with the expression it came from.
+#[cfg_attr(test, derive(Debug))]
+pub(crate) struct Millis {
+    pub(crate) millis: u64,
+    pub(crate) source: Expr,
+}
+
+/// The parsed and checked arguments.
+#[derive(Default)]
+#[cfg_attr(test, derive(Debug))]
+pub(crate) struct Args {
+    pub(crate) key: Option<Key>,
+    pub(crate) expires: Option<Millis>,
+    pub(crate) timeout: Option<Millis>,
+    pub(crate) owner: Option<Expr>,
+    pub(crate) lock: Option<Expr>,
+    pub(crate) krate: Option<Path>,
+}
+
+/// One `name = value` pair.
+struct Pair {
+    name: Ident,
+    value: Expr,
+}
+
+impl Parse for Pair {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        // `crate` is a keyword: accept any identifier-like token.
+        let name = input.call(<Ident as syn::ext::IdentExt>::parse_any)?;
+        input.parse::<Token![=]>().map_err(|e| {
+            syn::Error::new(e.span(), format!("expected `{name} = ...`"))
+        })?;
+        let value = input.parse()?;
+        Ok(Self { name, value })
+    }
+}
+
+impl Args {
+    /// Parses the attribute's tokens. Every problem found is reported, each
+    /// on its own token.
+    pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> syn::Result<Self> {
+        let pairs = syn::parse::Parser::parse2(
+            Punctuated::<Pair, Token![,]>::parse_terminated,
+            tokens,
+        )?;
+        let mut args = Args::default();
+        let mut errors = Errors::default();
+        for Pair { name, value } in pairs {
+            let text = name.to_string();
+            let duplicate = match text.as_str() {
+                "key" => args.key.is_some(),
+                "expires" => args.expires.is_some(),
+                "timeout" => args.timeout.is_some(),
+                "owner" => args.owner.is_some(),
+                "lock" => args.lock.is_some(),
+                "crate" => args.krate.is_some(),
+                _ => {
+                    errors.push(syn::Error::new_spanned(
+                        &name,
+                        format!(
+                            "unknown argument `{text}`; expected one of: {}",
+                            NAMES.join(", ")
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            if duplicate {
+                errors.push(syn::Error::new_spanned(
+                    &name,
+                    format!("duplicate argument `{text}`"),
+                ));
+                continue;
+            }
+            let parsed = match text.as_str() {
+                "key" => key(value).map(|k| args.key = Some(k)),
+                "expires" => millis(value).and_then(|m| {
+                    if m.millis == 0 {
+                        Err(syn::Error::new_spanned(
+                            &m.source,
+                            "`expires` must be at least 1 millisecond",
+                        ))
+                    } else {
+                        args.expires = Some(m);
+                        Ok(())
+                    }
+                }),
+                "timeout" => millis(value).map(|m| args.timeout = Some(m)),
+                "owner" => {
+                    args.owner = Some(value);
+                    Ok(())
+                }
+                "lock" => {
+                    args.lock = Some(value);
+                    Ok(())
+                }
+                _ => match value {
+                    Expr::Path(p) if p.qself.is_none() => {
+                        args.krate = Some(p.path);
+                        Ok(())
+                    }
+                    other => Err(syn::Error::new_spanned(
+                        other,
+                        "expected a path to the mongolock crate, like `crate = ::my_mongolock`",
+                    )),
+                },
+            };
+            if let Err(e) = parsed {
+                errors.push(e);
+            }
+        }
+        errors.finish()?;
+        Ok(args)
+    }
+}
+
+fn key(value: Expr) -> syn::Result<Key> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => {
+            if lit.value().is_empty() {
+                Err(syn::Error::new_spanned(&lit, "the lock key must not be empty"))
+            } else {
+                Ok(Key::Template(lit))
+            }
+        }
+        expr => Ok(Key::Expr(expr)),
+    }
+}
+
+fn millis(value: Expr) -> syn::Result<Millis> {
+    let millis = duration::parse_millis(&value)?;
+    Ok(Millis {
+        millis,
+        source: value,
+    })
+}
+
+/// Collects errors so that all of them are shown at once.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub(crate) fn finish(self) -> syn::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn parse(tokens: proc_macro2::TokenStream) -> Result<Args, String> {
+        Args::parse(tokens).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn all_arguments() {
+        let args = parse(quote!(
+            key = "k:{id}", expires = 60, timeout = "1500ms", owner = me(), lock = &L, crate = ::ml
+        ))
+        .unwrap();
+        assert!(matches!(args.key, Some(Key::Template(_))));
+        assert_eq!(args.expires.map(|m| m.millis), Some(60_000));
+        assert_eq!(args.timeout.map(|m| m.millis), Some(1500));
+        assert!(args.owner.is_some() && args.lock.is_some());
+        assert_eq!(
+            args.krate.map(|p| quote!(#p).to_string()),
+            Some(":: ml".to_owned())
+        );
+    }
+
+    #[test]
+    fn key_expression() {
+        let args = parse(quote!(key = format!("k{}", 1))).unwrap();
+        assert!(matches!(args.key, Some(Key::Expr(_))));
+    }
+
+    #[test]
+    fn each_duplicate_is_reported() {
+        // Each argument is checked against its own slot.
+        for name in NAMES {
+            let value = match *name {
+                "key" => quote!("k"),
+                "expires" | "timeout" => quote!(5),
+                "crate" => quote!(::m),
+                _ => quote!(x),
+            };
+            let ident = proc_macro2::Ident::new(name, proc_macro2::Span::call_site());
+            let err = parse(quote!(#ident = #value, #ident = #value)).unwrap_err();
+            assert_eq!(err, format!("duplicate argument `{name}`"));
+        }
+    }
+
+    #[test]
+    fn unknown_argument_lists_valid_ones() {
+        let err = parse(quote!(key = "k", expire = 5)).unwrap_err();
+        assert_eq!(
+            err,
+            "unknown argument `expire`; expected one of: key, expires, timeout, owner, lock, crate"
+        );
+    }
+
+    #[test]
+    fn bad_values() {
+        assert_eq!(
+            parse(quote!(key = "k", expires = 0)).unwrap_err(),
+            "`expires` must be at least 1 millisecond"
+        );
+        assert!(parse(quote!(key = "")).is_err());
+        assert!(parse(quote!(key = "k", timeout = "soon")).is_err());
+        assert!(parse(quote!(key = "k", crate = "mongolock")).is_err());
+        assert!(parse(quote!(key)).is_err());
+        assert!(parse(quote!(key = "k" expires = 1)).is_err());
+    }
+
+    #[test]
+    fn zero_timeout_is_a_single_attempt() {
+        assert_eq!(parse(quote!(key = "k", timeout = 0)).unwrap().timeout.map(|m| m.millis), Some(0));
+    }
+}

@@ -1,0 +1,37 @@
+//! `owner`, `lock`, `crate`, and `Result` aliases such as `anyhow::Result`.
+#![deny(warnings)]
+
+extern crate mongolock as renamed_lock;
+
+use mongolock::{mongo_locked, MongoLock};
+
+type JobResult<T> = Result<T, mongolock::Error>;
+
+#[mongo_locked(key = "anyhow:{n}", owner = format!("worker-{n}"))]
+async fn with_anyhow(n: u32) -> anyhow::Result<u32> {
+    anyhow::ensure!(n > 0, "n must be positive");
+    Ok(n)
+}
+
+#[mongo_locked(key = "alias", timeout = "5s")]
+async fn with_alias() -> JobResult<()> {
+    Ok(())
+}
+
+#[mongo_locked(key = "explicit-lock", lock = lock)]
+async fn explicit_lock(lock: &MongoLock) -> Result<(), mongolock::Error> {
+    let _ = lock;
+    Ok(())
+}
+
+#[renamed_lock::mongo_locked(key = "renamed", crate = ::renamed_lock)]
+async fn renamed() -> Result<(), renamed_lock::Error> {
+    Ok(())
+}
+
+fn main() {
+    let _ = with_anyhow(1);
+    let _ = with_alias();
+    let _ = explicit_lock;
+    let _ = renamed();
+}
