@@ -47,9 +47,9 @@ impl Parse for Pair {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         // `crate` is a keyword: accept any identifier-like token.
         let name = input.call(<Ident as syn::ext::IdentExt>::parse_any)?;
-        input.parse::<Token![=]>().map_err(|e| {
-            syn::Error::new(e.span(), format!("expected `{name} = ...`"))
-        })?;
+        input
+            .parse::<Token![=]>()
+            .map_err(|e| syn::Error::new(e.span(), format!("expected `{name} = ...`")))?;
         let value = input.parse()?;
         Ok(Self { name, value })
     }
@@ -59,10 +59,8 @@ impl Args {
     /// Parses the attribute's tokens. Every problem found is reported, each
     /// on its own token.
     pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> syn::Result<Self> {
-        let pairs = syn::parse::Parser::parse2(
-            Punctuated::<Pair, Token![,]>::parse_terminated,
-            tokens,
-        )?;
+        let pairs =
+            syn::parse::Parser::parse2(Punctuated::<Pair, Token![,]>::parse_terminated, tokens)?;
         let mut args = Args::default();
         let mut errors = Errors::default();
         for Pair { name, value } in pairs {
@@ -140,7 +138,10 @@ fn key(value: Expr) -> syn::Result<Key> {
             lit: Lit::Str(lit), ..
         }) => {
             if lit.value().is_empty() {
-                Err(syn::Error::new_spanned(&lit, "the lock key must not be empty"))
+                Err(syn::Error::new_spanned(
+                    &lit,
+                    "the lock key must not be empty",
+                ))
             } else {
                 Ok(Key::Template(lit))
             }
@@ -186,7 +187,12 @@ mod tests {
     #[test]
     fn all_arguments() {
         let args = parse(quote!(
-            key = "k:{id}", expires = 60, timeout = "1500ms", owner = me(), lock = &L, crate = ::ml
+            key = "k:{id}",
+            expires = 60,
+            timeout = "1500ms",
+            owner = me(),
+            lock = &L,
+            crate = ::ml
         ))
         .unwrap();
         assert!(matches!(args.key, Some(Key::Template(_))));
@@ -245,6 +251,12 @@ mod tests {
 
     #[test]
     fn zero_timeout_is_a_single_attempt() {
-        assert_eq!(parse(quote!(key = "k", timeout = 0)).unwrap().timeout.map(|m| m.millis), Some(0));
+        assert_eq!(
+            parse(quote!(key = "k", timeout = 0))
+                .unwrap()
+                .timeout
+                .map(|m| m.millis),
+            Some(0)
+        );
     }
 }

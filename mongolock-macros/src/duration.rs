@@ -60,9 +60,9 @@ fn parse_text(text: &str) -> Result<u64, String> {
         .map(|(_, f)| *f)
         .ok_or_else(bad)?;
     let value: u64 = number.parse().map_err(|_| bad())?;
-    value.checked_mul(factor).ok_or_else(|| {
-        "duration is longer than mongolock::MAX_DURATION (366 days)".to_owned()
-    })
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| "duration is longer than mongolock::MAX_DURATION (366 days)".to_owned())
 }
 
 #[cfg(test)]
@@ -92,7 +92,17 @@ mod tests {
 
     #[test]
     fn bad_durations_are_errors() {
-        for src in ["\"\"", "\"ms\"", "\"5\"", "\"5 years\"", "\"-5s\"", "\"1.5s\"", "-5", "x", "1.5"] {
+        for src in [
+            "\"\"",
+            "\"ms\"",
+            "\"5\"",
+            "\"5 years\"",
+            "\"-5s\"",
+            "\"1.5s\"",
+            "-5",
+            "x",
+            "1.5",
+        ] {
             assert!(millis(src).is_err(), "{src}");
         }
     }

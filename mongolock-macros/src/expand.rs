@@ -76,11 +76,14 @@ fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
 /// `format!(...)` for a key template, each placeholder checked against the
 /// names the function's arguments bind.
 fn key_from_template(lit: &LitStr, func: &ItemFn) -> syn::Result<TokenStream> {
-    let segments = template::parse(&lit.value()).map_err(|msg| syn::Error::new_spanned(lit, msg))?;
+    let segments =
+        template::parse(&lit.value()).map_err(|msg| syn::Error::new_spanned(lit, msg))?;
     let bound = bound_names(func);
     let mut values = Vec::new();
     for segment in &segments {
-        let Segment::Arg(path) = segment else { continue };
+        let Segment::Arg(path) = segment else {
+            continue;
+        };
         let root = &path[0];
         if !bound.iter().any(|b| b == root) {
             return Err(syn::Error::new_spanned(
@@ -88,7 +91,11 @@ fn key_from_template(lit: &LitStr, func: &ItemFn) -> syn::Result<TokenStream> {
                 format!(
                     "unknown placeholder `{{{root}}}`: `{}` has no argument `{root}` (it has: {})",
                     func.sig.ident,
-                    if bound.is_empty() { "none".to_owned() } else { bound.join(", ") }
+                    if bound.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        bound.join(", ")
+                    }
                 ),
             ));
         }
@@ -102,7 +109,10 @@ fn key_from_template(lit: &LitStr, func: &ItemFn) -> syn::Result<TokenStream> {
         };
         let fields = path[1..].iter().map(|field| {
             let member = match field.parse::<u32>() {
-                Ok(index) => Member::Unnamed(syn::Index { index, span: lit.span() }),
+                Ok(index) => Member::Unnamed(syn::Index {
+                    index,
+                    span: lit.span(),
+                }),
                 Err(_) => Member::Named(Ident::new(field, lit.span())),
             };
             quote!(.#member)
@@ -220,4 +230,137 @@ fn wrap(args: &Args, key: TokenStream, mut func: ItemFn) -> TokenStream {
     // where-clauses) is kept as written.
     func.block.stmts = vec![Stmt::Expr(Expr::Verbatim(body), None)];
     quote!(#func)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(attr: TokenStream, item: TokenStream) -> String {
+        let file: syn::File = syn::parse2(mongo_locked(attr, item)).expect("expansion parses");
+        prettyplease::unparse(&file)
+    }
+
+    fn unparse(tokens: TokenStream) -> String {
+        prettyplease::unparse(&syn::parse2(tokens).expect("expected code parses"))
+    }
+
+    #[test]
+    fn template_key_with_options_expands_to_acquire_body_release() {
+        let actual = expand(
+            quote!(
+                key = "report:{user.id}:{{x}}",
+                expires = 60,
+                timeout = "1500ms"
+            ),
+            quote! {
+                /// Docs stay.
+                pub async fn build(user: &User) -> Result<u64, AppError> {
+                    Ok(user.id)
+                }
+            },
+        );
+        let expected = unparse(quote! {
+            /// Docs stay.
+            pub async fn build(user: &User) -> Result<u64, AppError> {
+                let __mongolock_guard = {
+                    let __mongolock_lock: &::mongolock::MongoLock = match ::mongolock::__private::global() {
+                        ::core::result::Result::Ok(__mongolock_lock) => __mongolock_lock,
+                        ::core::result::Result::Err(__mongolock_error) => {
+                            return <Result<u64, AppError> as ::mongolock::__private::FromLockError>::from_lock_error(__mongolock_error)
+                        }
+                    };
+                    match __mongolock_lock
+                        .acquire(::std::format!("report:{}:{{x}}", &user.id))
+                        .expires(::core::time::Duration::from_millis(60000u64))
+                        .timeout(::core::time::Duration::from_millis(1500u64))
+                        .await
+                    {
+                        ::core::result::Result::Ok(__mongolock_guard) => __mongolock_guard,
+                        ::core::result::Result::Err(__mongolock_error) => {
+                            return <Result<u64, AppError> as ::mongolock::__private::FromLockError>::from_lock_error(__mongolock_error)
+                        }
+                    }
+                };
+                let __mongolock_result = async move {
+                    #[allow(
+                        unknown_lints,
+                        unreachable_code,
+                        clippy::diverging_sub_expression,
+                        clippy::empty_loop,
+                        clippy::needless_return
+                    )]
+                    if false {
+                        let __mongolock_result: Result<u64, AppError> = loop {};
+                        return __mongolock_result;
+                    }
+                    {
+                        Ok(user.id)
+                    }
+                }
+                .await;
+                ::mongolock::__private::release(__mongolock_guard).await;
+                __mongolock_result
+            }
+        });
+        assert_eq!(actual, expected);
+    }
+
+    #[test]
+    fn lock_owner_and_crate_options_expand() {
+        let actual = expand(
+            quote!(
+                key = self.key(),
+                lock = &self.lock,
+                owner = "me",
+                crate = ::ml
+            ),
+            quote! {
+                async fn run(&self) -> ml::Result<()> { Ok(()) }
+            },
+        );
+        assert!(
+            actual.contains("let __mongolock_lock: &::ml::MongoLock = &self.lock;"),
+            "{actual}"
+        );
+        assert!(
+            actual.contains(
+                ".acquire(::core::convert::Into::<::std::string::String>::into(self.key()))"
+            ),
+            "{actual}"
+        );
+        assert!(actual.contains(".owner(\"me\")"), "{actual}");
+        assert!(
+            actual.contains("::ml::__private::release(__mongolock_guard)"),
+            "{actual}"
+        );
+        assert!(!actual.contains("global()"), "{actual}");
+    }
+
+    #[test]
+    fn misuse_keeps_the_function_and_adds_one_error() {
+        let item = quote! { fn sync_job() -> Result<(), E> { Ok(()) } };
+        let actual = mongo_locked(quote!(key = "k"), item.clone()).to_string();
+        assert!(actual.starts_with(&item.to_string()), "{actual}");
+        assert_eq!(actual.matches("compile_error").count(), 1, "{actual}");
+    }
+
+    #[test]
+    fn errors_in_several_arguments_are_all_reported() {
+        let actual = mongo_locked(
+            quote!(key = "k", expires = 0, bogus = 1),
+            quote! { async fn job() -> Result<(), E> { Ok(()) } },
+        )
+        .to_string();
+        assert_eq!(actual.matches("compile_error").count(), 2, "{actual}");
+    }
+
+    #[test]
+    fn placeholders_may_name_pattern_bindings_and_self() {
+        let func: ItemFn = syn::parse2(quote! {
+            async fn f(&self, Point { x, y: (a, b) }: Point, [first, ..]: [u8; 2], ref r @ _: u8) {}
+        })
+        .expect("parses");
+        assert_eq!(bound_names(&func), ["self", "x", "a", "b", "first", "r"]);
+    }
 }

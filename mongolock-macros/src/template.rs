@@ -24,7 +24,9 @@ pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
                 chars.next();
                 text.push('}');
             }
-            '}' => return Err("unmatched `}` in key template; write `}}` for a literal brace".into()),
+            '}' => {
+                return Err("unmatched `}` in key template; write `}}` for a literal brace".into())
+            }
             '{' => {
                 let mut inner = String::new();
                 loop {
@@ -61,7 +63,9 @@ fn placeholder(inner: &str) -> Result<Vec<String>, String> {
     }
     let parts: Vec<String> = inner.split('.').map(|p| p.trim().to_owned()).collect();
     let ident = |s: &str| {
-        s.chars().next().is_some_and(|c| c == '_' || c.is_alphabetic())
+        s.chars()
+            .next()
+            .is_some_and(|c| c == '_' || c.is_alphabetic())
             && s.chars().all(|c| c == '_' || c.is_alphanumeric())
     };
     let index = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
@@ -104,7 +108,11 @@ mod tests {
         );
         assert_eq!(
             parse("{a}-{ b.c.0 }"),
-            Ok(vec![arg(&["a"]), Segment::Text("-".into()), arg(&["b", "c", "0"])])
+            Ok(vec![
+                arg(&["a"]),
+                Segment::Text("-".into()),
+                arg(&["b", "c", "0"])
+            ])
         );
         assert_eq!(parse("{self.id}"), Ok(vec![arg(&["self", "id"])]));
     }
@@ -122,7 +130,9 @@ mod tests {
 
     #[test]
     fn malformed_templates_are_errors() {
-        for t in ["{", "}", "a{b", "{}", "{1x}", "{a.}", "{a:?}", "{a b}", "{.a}", "x}y"] {
+        for t in [
+            "{", "}", "a{b", "{}", "{1x}", "{a.}", "{a:?}", "{a b}", "{.a}", "x}y",
+        ] {
             assert!(parse(t).is_err(), "{t}");
         }
     }

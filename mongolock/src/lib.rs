@@ -38,6 +38,9 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 mod acquire;
 mod error;
 mod global;
@@ -45,9 +48,6 @@ mod guard;
 mod info;
 mod mongo_lock;
 mod owner;
-#[doc(hidden)]
-#[path = "private.rs"]
-pub mod __private;
 mod query;
 mod redact;
 mod validate;

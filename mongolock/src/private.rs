@@ -30,7 +30,11 @@ pub async fn release(guard: LockGuard) {
     let (key, owner) = (guard.key().to_owned(), guard.owner().to_owned());
     match guard.release().await {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(%key, %owner, "mongolock: the lock was no longer held at release"),
-        Err(error) => tracing::warn!(%key, %owner, %error, "mongolock release failed; the lease will run out"),
+        Ok(false) => {
+            tracing::warn!(%key, %owner, "mongolock: the lock was no longer held at release")
+        }
+        Err(error) => {
+            tracing::warn!(%key, %owner, %error, "mongolock release failed; the lease will run out")
+        }
     }
 }
