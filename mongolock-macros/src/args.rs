@@ -7,7 +7,9 @@ use syn::{Expr, ExprLit, Ident, Lit, LitStr, Path, Token};
 use crate::duration;
 
 /// Every argument name, in the order the docs list them.
-pub(crate) const NAMES: &[&str] = &["key", "expires", "timeout", "owner", "lock", "crate"];
+pub(crate) const NAMES: &[&str] = &[
+    "key", "expires", "timeout", "renew", "min_hold", "owner", "lock", "crate",
+];
 
 /// How the key is given.
 #[cfg_attr(test, derive(Debug))]
@@ -25,6 +27,17 @@ pub(crate) struct Millis {
     pub(crate) source: Expr,
 }
 
+/// Background renewal.
+#[cfg_attr(test, derive(Debug))]
+pub(crate) enum Renew {
+    /// `renew = true`: every `expires / 3`.
+    On,
+    /// `renew = false`.
+    Off,
+    /// `renew = "10s"`: at that interval.
+    Every(Millis),
+}
+
 /// The parsed and checked arguments.
 #[derive(Default)]
 #[cfg_attr(test, derive(Debug))]
@@ -32,6 +45,8 @@ pub(crate) struct Args {
     pub(crate) key: Option<Key>,
     pub(crate) expires: Option<Millis>,
     pub(crate) timeout: Option<Millis>,
+    pub(crate) renew: Option<Renew>,
+    pub(crate) min_hold: Option<Millis>,
     pub(crate) owner: Option<Expr>,
     pub(crate) lock: Option<Expr>,
     pub(crate) krate: Option<Path>,
@@ -69,6 +84,8 @@ impl Args {
                 "key" => args.key.is_some(),
                 "expires" => args.expires.is_some(),
                 "timeout" => args.timeout.is_some(),
+                "renew" => args.renew.is_some(),
+                "min_hold" => args.min_hold.is_some(),
                 "owner" => args.owner.is_some(),
                 "lock" => args.lock.is_some(),
                 "crate" => args.krate.is_some(),
@@ -104,6 +121,8 @@ impl Args {
                     }
                 }),
                 "timeout" => millis(value).map(|m| args.timeout = Some(m)),
+                "renew" => renew(value).map(|r| args.renew = Some(r)),
+                "min_hold" => millis(value).map(|m| args.min_hold = Some(m)),
                 "owner" => {
                     args.owner = Some(value);
                     Ok(())
@@ -147,6 +166,24 @@ fn key(value: Expr) -> syn::Result<Key> {
             }
         }
         expr => Ok(Key::Expr(expr)),
+    }
+}
+
+fn renew(value: Expr) -> syn::Result<Renew> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Ok(if b.value { Renew::On } else { Renew::Off }),
+        other => {
+            let interval = millis(other)?;
+            if interval.millis == 0 {
+                return Err(syn::Error::new_spanned(
+                    &interval.source,
+                    "the renew interval must be at least 1 millisecond",
+                ));
+            }
+            Ok(Renew::Every(interval))
+        }
     }
 }
 
@@ -217,7 +254,8 @@ mod tests {
         for name in NAMES {
             let value = match *name {
                 "key" => quote!("k"),
-                "expires" | "timeout" => quote!(5),
+                "expires" | "timeout" | "min_hold" => quote!(5),
+                "renew" => quote!(true),
                 "crate" => quote!(::m),
                 _ => quote!(x),
             };
@@ -232,7 +270,7 @@ mod tests {
         let err = parse(quote!(key = "k", expire = 5)).unwrap_err();
         assert_eq!(
             err,
-            "unknown argument `expire`; expected one of: key, expires, timeout, owner, lock, crate"
+            "unknown argument `expire`; expected one of: key, expires, timeout, renew, min_hold, owner, lock, crate"
         );
     }
 
@@ -247,6 +285,22 @@ mod tests {
         assert!(parse(quote!(key = "k", crate = "mongolock")).is_err());
         assert!(parse(quote!(key)).is_err());
         assert!(parse(quote!(key = "k" expires = 1)).is_err());
+    }
+
+    #[test]
+    fn renew_takes_a_bool_or_an_interval() {
+        let on = parse(quote!(key = "k", renew = true)).unwrap();
+        assert!(matches!(on.renew, Some(Renew::On)));
+        let off = parse(quote!(key = "k", renew = false)).unwrap();
+        assert!(matches!(off.renew, Some(Renew::Off)));
+        let every = parse(quote!(key = "k", renew = "5s", min_hold = "2m")).unwrap();
+        assert!(matches!(
+            every.renew,
+            Some(Renew::Every(Millis { millis: 5000, .. }))
+        ));
+        assert_eq!(every.min_hold.map(|m| m.millis), Some(120_000));
+        assert!(parse(quote!(key = "k", renew = 0)).is_err());
+        assert!(parse(quote!(key = "k", renew = "often")).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, Ident, ItemFn, LitStr, Member, Pat, ReturnType, Stmt};
 
-use crate::args::{Args, Errors, Key};
+use crate::args::{Args, Errors, Key, Renew};
 use crate::template::{self, Segment};
 
 /// The whole macro: on any error, the function is emitted unchanged next to
@@ -196,7 +196,6 @@ fn wrap(args: &Args, key: TokenStream, mut func: ItemFn) -> TokenStream {
         let millis = m.millis;
         quote!(.timeout(::core::time::Duration::from_millis(#millis)))
     });
-    let owner = args.owner.as_ref().map(|o| quote!(.owner(#o)));
     let fake_return = quote_spanned! {ret_span=>
         #[allow(
             unknown_lints,
@@ -210,19 +209,48 @@ fn wrap(args: &Args, key: TokenStream, mut func: ItemFn) -> TokenStream {
             return #result;
         }
     };
+    let owner = args.owner.as_ref().map(|o| quote!(.owner(#o)));
+    let min_hold = args.min_hold.as_ref().map(|m| {
+        let millis = m.millis;
+        quote!(.min_hold(::core::time::Duration::from_millis(#millis)))
+    });
+    let renew = match &args.renew {
+        None | Some(Renew::Off) => None,
+        Some(Renew::On) => Some(quote!(.renew(true))),
+        Some(Renew::Every(m)) => {
+            let millis = m.millis;
+            Some(quote!(.renew_every(::core::time::Duration::from_millis(#millis))))
+        }
+    };
+    let inner = quote! {
+        async move {
+            #fake_return
+            #block
+        }
+    };
+    // With renewal, a lost lock cancels the body at its next await point.
+    let run = if renew.is_some() {
+        quote! {
+            match #krate::__private::until_lost(&#guard, #inner).await {
+                ::core::result::Result::Ok(#result) => #result,
+                ::core::result::Result::Err(#error) => {
+                    #krate::__private::release(#guard).await;
+                    return #from_lock_error(#error);
+                }
+            }
+        }
+    } else {
+        quote!(#inner.await)
+    };
     let body = quote! {
             let #guard = {
                 let #lock: &#krate::MongoLock = #lock_source;
-                match #lock.acquire(#key) #expires #timeout #owner .await {
+                match #lock.acquire(#key) #expires #timeout #renew #min_hold #owner .await {
                     ::core::result::Result::Ok(#guard) => #guard,
                     ::core::result::Result::Err(#error) => return #from_lock_error(#error),
                 }
             };
-            let #result = async move {
-                #fake_return
-                #block
-            }
-            .await;
+            let #result = #run;
             #krate::__private::release(#guard).await;
             #result
     };

@@ -7,7 +7,7 @@ use mongodb::options::ReturnDocument;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::guard::LockGuard;
+use crate::guard::{Held, LockGuard};
 use crate::info::LockInfo;
 use crate::mongo_lock::{BoxFuture, MongoLock, DEFAULT_EXPIRES};
 use crate::owner::unique_owner;
@@ -23,10 +23,15 @@ use crate::validate;
 /// Repeating is safe because an attempt by the holder re-enters its own lock.
 const IMMEDIATE_RETRIES: u32 = 5;
 
+/// The shortest time the attempt at the deadline may take: a waiter returns
+/// at most this long after its timeout when the server does not answer.
+const LAST_ATTEMPT_GRACE: Duration = Duration::from_millis(500);
+
 /// What one attempt found.
 pub(crate) enum Attempt {
-    /// The caller holds the lock now.
-    Acquired(LockInfo),
+    /// The caller holds the lock now; `sent` is when the winning request
+    /// left, the earliest the server can have started the lease.
+    Acquired { info: LockInfo, sent: Instant },
     /// Someone else does.
     Busy(LockInfo),
 }
@@ -56,7 +61,8 @@ impl Request {
             key,
             owner,
             lease_millis,
-            timeout,
+            // A zero timeout is the single attempt of no timeout.
+            timeout: timeout.filter(|t| !t.is_zero()),
         })
     }
 }
@@ -68,6 +74,7 @@ impl MongoLock {
         self.ensure_ttl_index().await;
         let mut retries = 0;
         loop {
+            let sent = Instant::now();
             let result = self
                 .collection()
                 .find_one_and_update(
@@ -81,7 +88,7 @@ impl MongoLock {
                 Ok(Some(doc)) => {
                     let info = LockInfo::from_document(&doc)?;
                     return Ok(if info.owner.as_deref() == Some(req.owner.as_str()) {
-                        Attempt::Acquired(info)
+                        Attempt::Acquired { info, sent }
                     } else {
                         Attempt::Busy(info)
                     });
@@ -106,12 +113,25 @@ impl MongoLock {
     }
 
     /// Attempts until the lock is taken or the timeout is reached. Sleeps
-    /// never pass the deadline, and the last attempt is made at it.
+    /// never pass the deadline, and the last attempt is made at it. With a
+    /// timeout, an attempt the server does not answer is cut off at the
+    /// deadline (the last one after [`LAST_ATTEMPT_GRACE`]).
     pub(crate) async fn attempt_until(&self, req: &Request) -> Result<Attempt> {
         let deadline = req.timeout.map(|t| Instant::now() + t);
         let mut retry = 0_u32;
         loop {
-            let attempt = self.attempt(req).await?;
+            let attempt = match (deadline, req.timeout) {
+                (Some(deadline), Some(timeout)) => {
+                    let cutoff = deadline.max(Instant::now() + LAST_ATTEMPT_GRACE);
+                    tokio::time::timeout_at(cutoff, self.attempt(req))
+                        .await
+                        .map_err(|_| Error::TimedOut {
+                            key: req.key.clone(),
+                            timeout,
+                        })??
+                }
+                _ => self.attempt(req).await?,
+            };
             let Attempt::Busy(ref holder) = attempt else {
                 tracing::debug!(key = %req.key, owner = %req.owner, retries = retry, "mongolock acquired");
                 return Ok(attempt);
@@ -184,7 +204,7 @@ impl IntoFuture for Lock {
         Box::pin(async move {
             let req = Request::new(self.key, self.owner, self.expires, self.timeout)?;
             let attempt = self.lock.attempt_until(&req).await?;
-            Ok(matches!(attempt, Attempt::Acquired(_)))
+            Ok(matches!(attempt, Attempt::Acquired { .. }))
         })
     }
 }
@@ -199,6 +219,9 @@ pub struct Acquire {
     owner: Option<String>,
     expires: Duration,
     timeout: Option<Duration>,
+    renew: bool,
+    renew_every: Option<Duration>,
+    min_hold: Duration,
 }
 
 impl Acquire {
@@ -209,6 +232,9 @@ impl Acquire {
             owner: None,
             expires: DEFAULT_EXPIRES,
             timeout: None,
+            renew: false,
+            renew_every: None,
+            min_hold: Duration::ZERO,
         }
     }
 
@@ -232,6 +258,33 @@ impl Acquire {
         self.timeout = Some(timeout);
         self
     }
+
+    /// Keep the lease alive in the background while the guard lives,
+    /// renewing every `expires / 3` (see [`renew_every`](Self::renew_every)).
+    /// The guard reports a failed keep-alive through
+    /// [`LockGuard::is_lost`] and [`LockGuard::lost`].
+    pub fn renew(mut self, renew: bool) -> Self {
+        self.renew = renew;
+        self
+    }
+
+    /// Renew in the background at this interval, which must be shorter
+    /// than the lease. Implies [`renew(true)`](Self::renew).
+    pub fn renew_every(mut self, interval: Duration) -> Self {
+        self.renew = true;
+        self.renew_every = Some(interval);
+        self
+    }
+
+    /// Keep the lock held until at least `acquired_at + min_hold` by the
+    /// server's clock, even if released sooner (ShedLock's
+    /// `lockAtLeastFor`). A job that finishes in a second on one machine is
+    /// then not run again by another machine whose cron fires a little
+    /// later.
+    pub fn min_hold(mut self, min_hold: Duration) -> Self {
+        self.min_hold = min_hold;
+        self
+    }
 }
 
 impl IntoFuture for Acquire {
@@ -242,8 +295,36 @@ impl IntoFuture for Acquire {
         Box::pin(async move {
             let owner = self.owner.unwrap_or_else(unique_owner);
             let req = Request::new(self.key, owner, self.expires, self.timeout)?;
+            let min_hold_millis = validate::bounded("min_hold", self.min_hold)?;
+            let renew_every = match (self.renew, self.renew_every) {
+                (false, _) => None,
+                (true, None) => {
+                    validate::positive_millis("renew interval (expires / 3)", self.expires / 3)?;
+                    Some(self.expires / 3)
+                }
+                (true, Some(interval)) => {
+                    validate::positive_millis("renew interval", interval)?;
+                    if interval >= self.expires {
+                        return Err(Error::InvalidDuration {
+                            what: "renew interval",
+                            duration: interval,
+                            reason: "must be shorter than the lease (`expires`)",
+                        });
+                    }
+                    Some(interval)
+                }
+            };
             match self.lock.attempt_until(&req).await? {
-                Attempt::Acquired(info) => Ok(LockGuard::new(self.lock, info)),
+                Attempt::Acquired { info, sent } => Ok(LockGuard::new(
+                    self.lock,
+                    info,
+                    Held {
+                        sent,
+                        lease: self.expires,
+                        renew_every,
+                        min_hold_millis,
+                    },
+                )),
                 Attempt::Busy(holder) => Err(Error::Locked {
                     key: req.key,
                     owner: holder.owner,

@@ -49,6 +49,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The server did not answer an attempt before the timeout ran out (it
+    /// may be paused, failing over or unreachable). An attempt cut short may
+    /// still be applied by the server later; its lease then runs out.
+    #[error("no answer from MongoDB for lock {key:?} within the timeout of {timeout:?}")]
+    TimedOut {
+        /// The key that was asked for.
+        key: String,
+        /// The timeout that ran out.
+        timeout: Duration,
+    },
+
     /// [`global`](crate::global) was called before [`configure`](crate::configure).
     #[error("mongolock is not configured: call mongolock::configure(MongoLock) once at startup")]
     NotConfigured,

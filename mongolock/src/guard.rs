@@ -1,13 +1,29 @@
 //! The held lock, released on drop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::DateTime;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::info::LockInfo;
+use crate::lease::{Lease, Renewal};
 use crate::mongo_lock::MongoLock;
 use crate::validate;
+
+/// How an acquisition was made, for the guard it becomes.
+pub(crate) struct Held {
+    /// When the winning request was sent.
+    pub(crate) sent: Instant,
+    /// The lease asked for.
+    pub(crate) lease: Duration,
+    /// Background renewal interval, if on.
+    pub(crate) renew_every: Option<Duration>,
+    /// Minimum hold applied at release.
+    pub(crate) min_hold_millis: i64,
+}
 
 /// A held lock. Release it with [`release`](Self::release); dropping it
 /// unreleased inside a tokio runtime releases it in the background, and
@@ -17,12 +33,24 @@ use crate::validate;
 /// fencing token, so a guard can never extend or free a later holder's lock,
 /// even one that reuses its owner name.
 ///
+/// The guard also keeps a local, conservative view of the lease: it counts
+/// the lease from when the acquiring (or renewing) request was *sent*, so
+/// [`is_lost`](Self::is_lost) turns true no later than the server lets
+/// another worker in.
+///
 /// ```no_run
 /// # async fn demo(lock: mongolock::MongoLock) -> mongolock::Result<()> {
 /// use std::time::Duration;
 ///
-/// let guard = lock.acquire("invoices").timeout(Duration::from_secs(10)).await?;
-/// println!("token {} for {}", guard.token(), guard.owner());
+/// let guard = lock
+///     .acquire("invoices")
+///     .timeout(Duration::from_secs(10))
+///     .renew(true)
+///     .await?;
+/// tokio::select! {
+///     _ = async { /* the work */ } => {}
+///     lost = guard.lost() => return Err(lost),
+/// }
 /// guard.release().await?;
 /// # Ok(()) }
 /// ```
@@ -32,16 +60,34 @@ pub struct LockGuard {
     lock: MongoLock,
     info: LockInfo,
     owner: String,
+    min_hold_millis: i64,
+    lease: Arc<Lease>,
+    renewal: Option<JoinHandle<()>>,
     released: bool,
 }
 
 impl LockGuard {
-    pub(crate) fn new(lock: MongoLock, info: LockInfo) -> Self {
+    pub(crate) fn new(lock: MongoLock, info: LockInfo, held: Held) -> Self {
         let owner = info.owner.clone().unwrap_or_default();
+        let lease = Lease::new(held.sent, held.lease);
+        let renewal = held.renew_every.map(|interval| {
+            Renewal {
+                lock: lock.clone(),
+                key: info.key.clone(),
+                owner: owner.clone(),
+                token: info.token,
+                lease: held.lease,
+                interval,
+            }
+            .spawn(lease.clone())
+        });
         Self {
             lock,
             info,
             owner,
+            min_hold_millis: held.min_hold_millis,
+            lease,
+            renewal,
             released: false,
         }
     }
@@ -69,15 +115,40 @@ impl LockGuard {
     }
 
     /// When the lease ends, by the server's clock, as of the acquisition or
-    /// the last successful [`touch`](Self::touch).
+    /// the last successful [`touch`](Self::touch) (background renewals do
+    /// not update it).
     pub fn expires_at(&self) -> DateTime {
         self.info.expires_at
+    }
+
+    /// Whether the lock is lost: a renewal found another owner or no lock,
+    /// or the lease ran out locally before a renewal was confirmed. Once
+    /// lost, always lost.
+    pub fn is_lost(&self) -> bool {
+        self.lease.lost_reason().is_some()
+    }
+
+    /// Resolves when the lock is lost, with [`Error::LockLost`]. Without
+    /// renewal, that is when the lease runs out. Meant for `tokio::select!`
+    /// next to the work.
+    pub async fn lost(&self) -> Error {
+        let reason = self.lease.wait_lost().await;
+        self.lost_error(reason)
+    }
+
+    pub(crate) fn lost_error(&self, reason: &str) -> Error {
+        Error::LockLost {
+            key: self.info.key.clone(),
+            owner: self.owner.clone(),
+            reason: reason.to_owned(),
+        }
     }
 
     /// Extends the lease to `expires` from the server's now. Resolves to
     /// `false` if this acquisition no longer holds the lock.
     pub async fn touch(&mut self, expires: Duration) -> Result<bool> {
         let lease = validate::positive_millis("expires", expires)?;
+        let sent = Instant::now();
         let touched = self
             .lock
             .touch_held(self.key(), &self.owner, Some(self.info.token), lease)
@@ -85,24 +156,41 @@ impl LockGuard {
         Ok(match touched {
             Some(info) => {
                 self.info = info;
+                self.lease.extend(sent, expires);
                 true
             }
-            None => false,
+            None => {
+                self.lease.mark_lost(crate::lease::TAKEN);
+                false
+            }
         })
     }
 
-    /// Releases the lock. Resolves to `false` if this acquisition no longer
-    /// held it (its lease ran out and someone else took it).
+    /// Releases the lock (keeping it until the minimum hold, if one was
+    /// set). Resolves to `false` if this acquisition no longer held it.
     pub async fn release(mut self) -> Result<bool> {
         self.released = true;
+        self.stop_renewal();
         self.lock
-            .release_held(self.key(), &self.owner, Some(self.info.token), 0)
+            .release_held(
+                self.key(),
+                &self.owner,
+                Some(self.info.token),
+                self.min_hold_millis,
+            )
             .await
+    }
+
+    fn stop_renewal(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        self.stop_renewal();
         if self.released {
             return;
         }
@@ -113,9 +201,9 @@ impl Drop for LockGuard {
         let lock = self.lock.clone();
         let key = std::mem::take(&mut self.info.key);
         let owner = std::mem::take(&mut self.owner);
-        let token = self.info.token;
+        let (token, min_hold) = (self.info.token, self.min_hold_millis);
         runtime.spawn(async move {
-            if let Err(error) = lock.release_held(&key, &owner, Some(token), 0).await {
+            if let Err(error) = lock.release_held(&key, &owner, Some(token), min_hold).await {
                 tracing::warn!(%key, %owner, %error, "mongolock release on drop failed; the lease will run out");
             }
         });

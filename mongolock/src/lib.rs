@@ -46,6 +46,7 @@ mod error;
 mod global;
 mod guard;
 mod info;
+mod lease;
 mod mongo_lock;
 mod owner;
 mod query;

@@ -38,3 +38,16 @@ pub async fn release(guard: LockGuard) {
         }
     }
 }
+
+/// Runs the body until it finishes or the lock is lost, whichever comes
+/// first. A lost lock drops the body at its current await point.
+pub async fn until_lost<F: std::future::Future>(
+    guard: &LockGuard,
+    body: F,
+) -> Result<F::Output, Error> {
+    tokio::select! {
+        biased;
+        output = body => Ok(output),
+        lost = guard.lost() => Err(lost),
+    }
+}

@@ -29,7 +29,21 @@ async fn renamed() -> Result<(), renamed_lock::Error> {
     Ok(())
 }
 
+#[mongo_locked(key = "renewed:{n}", expires = 30, renew = true, min_hold = "2s")]
+async fn renewed(n: u32) -> anyhow::Result<u32> {
+    Ok(n)
+}
+
+#[mongo_locked(key = "renew-every", expires = "1m", renew = "5s")]
+async fn renew_every() -> Result<(), mongolock::Error> {
+    Ok(())
+}
+
+fn assert_send<F: std::future::Future + Send>(_: F) {}
+
 fn main() {
+    assert_send(renewed(1));
+    assert_send(renew_every());
     let _ = with_anyhow(1);
     let _ = with_alias();
     let _ = explicit_lock;

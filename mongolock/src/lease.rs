@@ -1,0 +1,182 @@
+//! The local view of a held lease: when it ends at the latest, whether it
+//! was lost, and the background renewal that keeps it alive.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::mongo_lock::MongoLock;
+
+/// Why a lease counts as lost when its deadline passes unrenewed.
+pub(crate) const RAN_OUT: &str = "the lease ran out before a renewal was confirmed";
+/// Why a lease counts as lost when the server shows another holder.
+pub(crate) const TAKEN: &str = "a renewal found another owner or no lock";
+
+/// Shared by a guard and its renewal task.
+///
+/// The deadline is counted from when the acquiring or renewing request was
+/// *sent*: the server starts the lease later than that, so this view is
+/// never more optimistic than the server's.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    deadline: Mutex<Instant>,
+    lost: watch::Sender<Option<&'static str>>,
+}
+
+impl Lease {
+    pub(crate) fn new(sent: Instant, lease: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            deadline: Mutex::new(sent + lease),
+            lost: watch::Sender::new(None),
+        })
+    }
+
+    fn deadline(&self) -> Instant {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A confirmed renewal sent at `sent`. A lost lease stays lost.
+    pub(crate) fn extend(&self, sent: Instant, lease: Duration) {
+        if self.lost.borrow().is_none() {
+            *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = sent + lease;
+        }
+    }
+
+    /// Records the first reason the lease was lost.
+    pub(crate) fn mark_lost(&self, reason: &'static str) {
+        self.lost.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Why the lease was lost, if it was. A passed deadline counts.
+    pub(crate) fn lost_reason(&self) -> Option<&'static str> {
+        if let Some(reason) = *self.lost.borrow() {
+            return Some(reason);
+        }
+        if Instant::now() >= self.deadline() {
+            self.mark_lost(RAN_OUT);
+        }
+        *self.lost.borrow()
+    }
+
+    /// Resolves when the lease is lost.
+    pub(crate) async fn wait_lost(&self) -> &'static str {
+        let mut changes = self.lost.subscribe();
+        loop {
+            if let Some(reason) = self.lost_reason() {
+                return reason;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.deadline()) => {}
+                _ = changes.changed() => {}
+            }
+        }
+    }
+}
+
+/// What a renewal task needs to know.
+pub(crate) struct Renewal {
+    pub(crate) lock: MongoLock,
+    pub(crate) key: String,
+    pub(crate) owner: String,
+    pub(crate) token: i64,
+    pub(crate) lease: Duration,
+    pub(crate) interval: Duration,
+}
+
+impl Renewal {
+    /// Extends the lease every `interval` until the task is aborted or the
+    /// lease is lost. Failed renewals are retried with backoff while the
+    /// lease lasts; only a foreign holder or a passed deadline loses it.
+    pub(crate) fn spawn(self, state: Arc<Lease>) -> JoinHandle<()> {
+        tokio::spawn(async move { self.run(&state).await })
+    }
+
+    async fn run(self, state: &Lease) {
+        let lease_millis = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        let mut next = Instant::now() + self.interval;
+        let mut failures = 0_u32;
+        loop {
+            tokio::time::sleep_until(next.min(state.deadline())).await;
+            if state.lost_reason().is_some() {
+                break;
+            }
+            let sent = Instant::now();
+            let remaining = state.deadline().saturating_duration_since(sent);
+            let renewal =
+                self.lock
+                    .touch_held(&self.key, &self.owner, Some(self.token), lease_millis);
+            match tokio::time::timeout(remaining, renewal).await {
+                Ok(Ok(Some(_))) => {
+                    state.extend(sent, self.lease);
+                    failures = 0;
+                    next = sent + self.interval;
+                    tracing::debug!(key = %self.key, owner = %self.owner, "mongolock renewed");
+                }
+                Ok(Ok(None)) => {
+                    state.mark_lost(TAKEN);
+                    break;
+                }
+                Ok(Err(error)) => {
+                    let delay = self.lock.backoff().delay(failures);
+                    failures = failures.saturating_add(1);
+                    next = Instant::now() + delay;
+                    tracing::debug!(key = %self.key, owner = %self.owner, %error, ?delay, "mongolock renewal failed; retrying within the lease");
+                }
+                Err(_) => {
+                    state.lost_reason();
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = state.lost_reason() {
+            tracing::warn!(key = %self.key, owner = %self.owner, reason, "mongolock lock lost");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn lease_is_lost_when_its_deadline_passes() {
+        let lease = Lease::new(Instant::now(), Duration::from_secs(3));
+        assert_eq!(lease.lost_reason(), None);
+        assert_eq!(lease.wait_lost().await, RAN_OUT);
+        assert_eq!(lease.lost_reason(), Some(RAN_OUT));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extension_moves_the_deadline_until_lost() {
+        let lease = Lease::new(Instant::now(), Duration::from_secs(3));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        lease.extend(Instant::now(), Duration::from_secs(3));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(lease.lost_reason(), None);
+        lease.mark_lost(TAKEN);
+        lease.extend(Instant::now(), Duration::from_secs(3));
+        assert_eq!(lease.lost_reason(), Some(TAKEN), "a lost lease stays lost");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiter_wakes_when_marked_lost() {
+        let lease = Lease::new(Instant::now(), Duration::from_secs(3600));
+        let waiter = tokio::spawn({
+            let lease = lease.clone();
+            async move { lease.wait_lost().await }
+        });
+        tokio::task::yield_now().await;
+        lease.mark_lost(TAKEN);
+        assert_eq!(waiter.await.ok(), Some(TAKEN));
+    }
+}
