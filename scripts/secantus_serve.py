@@ -30,11 +30,14 @@ def accepts(port):
 
 def start(binary, args):
     """Starts the server, retrying on another port if it dies at start-up
-    (another process may take the free port first)."""
-    for _ in range(ATTEMPTS):
-        port = free_port()
+    (another process may take the free port first). A `--port` given in
+    args is used as is (a restarted server keeps its address)."""
+    fixed = "--port" in args
+    for _ in range(1 if fixed else ATTEMPTS):
+        port = int(args[args.index("--port") + 1]) if fixed else free_port()
+        extra = [] if fixed else ["--port", str(port)]
         proc = subprocess.Popen(
-            [binary, "--host", "127.0.0.1", "--port", str(port), *args],
+            [binary, "--host", "127.0.0.1", *extra, *args],
             stdin=subprocess.DEVNULL,
             stdout=sys.stderr,
             stderr=sys.stderr,

@@ -81,6 +81,52 @@ impl LocalServer {
     pub fn pid(&self) -> u32 {
         self.pid
     }
+
+    /// Freezes the server process (SIGSTOP): connections stay open, nothing
+    /// answers.
+    pub fn pause(&self) {
+        signal(self.pid, "-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.pid, "-CONT");
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "kill {signal} {pid} failed"
+    );
+}
+
+/// A free loopback port, for a server that must keep its address across a
+/// restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Arms SecantusDB's (and mongod's) `failCommand` fail point for the next
+/// `times` matching commands. `data` holds `failCommands` and the fault:
+/// `closeConnection`, `errorCode`, or `blockConnection` with `blockTimeMS`.
+/// The server must run with `--enable-test-commands`.
+pub async fn fail_command(client: &mongodb::Client, times: i32, data: Document) {
+    client
+        .database("admin")
+        .run_command(mongodb::bson::doc! {
+            "configureFailPoint": "failCommand",
+            "mode": { "times": times },
+            "data": data,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("configureFailPoint failed: {e}"));
 }
 
 impl Drop for LocalServer {
@@ -126,7 +172,7 @@ pub async fn fresh_collection(name: &str) -> Collection<Document> {
         Ok(c) => c,
         Err(e) => panic!("cannot connect to {uri}: {e}"),
     };
-    let suffix: u32 = rand_suffix();
+    let suffix: u32 = rand::random();
     client
         .database("mongolock_test")
         .collection(&format!("{name}_{suffix:08x}"))
@@ -135,15 +181,6 @@ pub async fn fresh_collection(name: &str) -> Collection<Document> {
 /// A [`MongoLock`] on a [`fresh_collection`].
 pub async fn fresh_lock(name: &str) -> MongoLock {
     MongoLock::with_collection(fresh_collection(name).await)
-}
-
-fn rand_suffix() -> u32 {
-    use std::hash::{BuildHasher, RandomState};
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    RandomState::new().hash_one((nanos, std::process::id())) as u32
 }
 
 /// The README's examples, compiled as doctests.

@@ -80,12 +80,27 @@ async fn renewal_that_finds_another_owner_reports_lost() {
 async fn renew_interval_must_be_shorter_than_the_lease() {
     let lock = fresh_lock("renew_interval").await;
     for interval in [LEASE, LEASE * 2, Duration::ZERO] {
-        let r = lock.acquire("job").expires(LEASE).renew_every(interval).await;
-        assert!(matches!(r, Err(Error::InvalidDuration { .. })), "{interval:?}: {r:?}");
+        let r = lock
+            .acquire("job")
+            .expires(LEASE)
+            .renew_every(interval)
+            .await;
+        assert!(
+            matches!(r, Err(Error::InvalidDuration { .. })),
+            "{interval:?}: {r:?}"
+        );
     }
-    let r = lock.acquire("job").expires(Duration::from_millis(2)).renew(true).await;
+    let r = lock
+        .acquire("job")
+        .expires(Duration::from_millis(2))
+        .renew(true)
+        .await;
     assert!(matches!(r, Err(Error::InvalidDuration { .. })), "{r:?}");
-    assert_eq!(lock.get_lock_info("job").await.unwrap(), None, "nothing taken");
+    assert_eq!(
+        lock.get_lock_info("job").await.unwrap(),
+        None,
+        "nothing taken"
+    );
 }
 
 #[mongo_locked(key = "long-job", lock = lock, expires = "600ms", renew = true)]
@@ -143,11 +158,20 @@ async fn release_keeps_the_lock_until_the_minimum_hold() {
     let guard = lock.acquire("job").min_hold(min_hold).await.unwrap();
     let first = guard.acquired_at().unwrap();
     assert!(guard.release().await.unwrap());
-    assert!(lock.is_locked("job").await.unwrap(), "still held after release");
-    assert_eq!(lock.get_lock_info("job").await.unwrap().unwrap().owner, None);
+    assert!(
+        lock.is_locked("job").await.unwrap(),
+        "still held after release"
+    );
+    assert_eq!(
+        lock.get_lock_info("job").await.unwrap().unwrap().owner,
+        None
+    );
     let next = lock.acquire("job").timeout(WAIT).await.unwrap();
     let gap = next.acquired_at().unwrap().timestamp_millis() - first.timestamp_millis();
-    assert!(gap >= min_hold.as_millis() as i64, "taken {gap} ms after the first");
+    assert!(
+        gap >= min_hold.as_millis() as i64,
+        "taken {gap} ms after the first"
+    );
 }
 
 #[tokio::test]
@@ -159,7 +183,11 @@ async fn release_after_the_minimum_hold_frees_at_once() {
         .await
         .unwrap();
     // Wait out the hold on the server's clock via an unrelated lock's expiry.
-    assert!(lock.lock("clock", "a").expires(Duration::from_millis(50)).await.unwrap());
+    assert!(lock
+        .lock("clock", "a")
+        .expires(Duration::from_millis(50))
+        .await
+        .unwrap());
     assert!(lock.lock("clock", "b").timeout(WAIT).await.unwrap());
     assert!(guard.release().await.unwrap());
     assert!(!lock.is_locked("job").await.unwrap());
@@ -169,7 +197,11 @@ async fn release_after_the_minimum_hold_frees_at_once() {
 /// machine 1 finishes before machine 2's cron fires a little later, so
 /// machine 2 would run it again. A minimum hold covers the cron skew.
 #[mongo_locked(key = "cron:{task}", lock = lock, min_hold = "3s")]
-async fn cron_task(lock: &MongoLock, task: &str, runs: &std::sync::atomic::AtomicUsize) -> Result<(), Error> {
+async fn cron_task(
+    lock: &MongoLock,
+    task: &str,
+    runs: &std::sync::atomic::AtomicUsize,
+) -> Result<(), Error> {
     runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
