@@ -243,7 +243,13 @@ async fn no_double_holder_under_injected_faults() {
         doc! { "errorCode": 6 },
         doc! { "blockConnection": true, "blockTimeMS": 150 },
     ];
+    // Every run is bounded: a stuck worker fails the test, it does not hang CI.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     while workers.iter().any(|w| !w.is_finished()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workers did not finish in time"
+        );
         let (fault, command, app) = {
             let mut rng = rand::rng();
             (

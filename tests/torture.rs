@@ -197,7 +197,13 @@ async fn processes_under_faults_never_overlap_and_tokens_grow() {
         doc! { "blockConnection": true, "blockTimeMS": 200 },
     ];
     let mut injected = 0;
+    // Every run is bounded: a stuck worker fails the test, it does not hang CI.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     while children.iter().any(|c| !c.is_finished()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workers did not finish in time"
+        );
         let data = {
             let mut rng = rand::rng();
             let mut data = faults[rng.random_range(0..faults.len())].clone();
