@@ -6,6 +6,7 @@ use std::time::Duration;
 use mongodb::options::ReturnDocument;
 use tokio::time::Instant;
 
+use crate::clock::Probe;
 use crate::error::{Error, Result};
 use crate::guard::{Held, LockGuard};
 use crate::info::LockInfo;
@@ -22,10 +23,6 @@ use crate::validate;
 ///
 /// Repeating is safe because an attempt by the holder re-enters its own lock.
 const IMMEDIATE_RETRIES: u32 = 5;
-
-/// The shortest time the attempt at the deadline may take: a waiter returns
-/// at most this long after its timeout when the server does not answer.
-const LAST_ATTEMPT_GRACE: Duration = Duration::from_millis(500);
 
 /// What one attempt found.
 pub(crate) enum Attempt {
@@ -74,7 +71,7 @@ impl MongoLock {
         self.ensure_ttl_index().await;
         let mut retries = 0;
         loop {
-            let sent = Instant::now();
+            let probe = Probe::start();
             let result = self
                 .collection()
                 .find_one_and_update(
@@ -88,7 +85,14 @@ impl MongoLock {
                 Ok(Some(doc)) => {
                     let info = LockInfo::from_document(&doc)?;
                     return Ok(if info.owner.as_deref() == Some(req.owner.as_str()) {
-                        Attempt::Acquired { info, sent }
+                        // expires_at - lease is the server's $$NOW at the write.
+                        let server_now = info.expires_at.timestamp_millis() - req.lease_millis;
+                        self.server_clock()
+                            .observe(&probe, mongodb::bson::DateTime::from_millis(server_now));
+                        Attempt::Acquired {
+                            info,
+                            sent: probe.sent(),
+                        }
                     } else {
                         Attempt::Busy(info)
                     });
@@ -109,42 +113,6 @@ impl MongoLock {
                 }
                 Err(e) => return Err(e.into()),
             }
-        }
-    }
-
-    /// Attempts until the lock is taken or the timeout is reached. Sleeps
-    /// never pass the deadline, and the last attempt is made at it. With a
-    /// timeout, an attempt the server does not answer is cut off at the
-    /// deadline (the last one after [`LAST_ATTEMPT_GRACE`]).
-    pub(crate) async fn attempt_until(&self, req: &Request) -> Result<Attempt> {
-        let deadline = req.timeout.map(|t| Instant::now() + t);
-        let mut retry = 0_u32;
-        loop {
-            let attempt = match (deadline, req.timeout) {
-                (Some(deadline), Some(timeout)) => {
-                    let cutoff = deadline.max(Instant::now() + LAST_ATTEMPT_GRACE);
-                    tokio::time::timeout_at(cutoff, self.attempt(req))
-                        .await
-                        .map_err(|_| Error::TimedOut {
-                            key: req.key.clone(),
-                            timeout,
-                        })??
-                }
-                _ => self.attempt(req).await?,
-            };
-            let Attempt::Busy(ref holder) = attempt else {
-                tracing::debug!(key = %req.key, owner = %req.owner, retries = retry, "mongolock acquired");
-                return Ok(attempt);
-            };
-            let now = Instant::now();
-            let Some(deadline) = deadline.filter(|d| *d > now) else {
-                tracing::debug!(key = %req.key, owner = %req.owner, holder = ?holder.owner, "mongolock busy");
-                return Ok(attempt);
-            };
-            let delay = self.backoff().delay(retry).min(deadline - now);
-            retry = retry.saturating_add(1);
-            tracing::trace!(key = %req.key, ?delay, "mongolock waiting");
-            tokio::time::sleep(delay).await;
         }
     }
 }

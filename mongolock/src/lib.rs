@@ -42,6 +42,7 @@
 #[path = "private.rs"]
 pub mod __private;
 mod acquire;
+mod clock;
 mod error;
 mod global;
 mod guard;
@@ -53,6 +54,7 @@ mod query;
 mod redact;
 mod validate;
 mod wait;
+mod wake;
 
 pub use acquire::{Acquire, Lock};
 pub use error::{Error, Result};

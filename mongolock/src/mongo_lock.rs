@@ -10,11 +10,13 @@ use mongodb::options::{IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, IndexModel};
 
 use crate::acquire::{Acquire, Lock};
+use crate::clock::ServerClock;
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
 use crate::query;
 use crate::validate;
 use crate::wait::Backoff;
+use crate::wake::Wakeups;
 
 /// The database [`MongoLock::new`] uses, as in the seed.
 pub const DEFAULT_DATABASE: &str = "mongolock";
@@ -59,6 +61,16 @@ struct Inner {
     backoff: Backoff,
     cleanup_after: Duration,
     ttl_index: tokio::sync::OnceCell<()>,
+    wakeups: Arc<Wakeups>,
+    clock: ServerClock,
+}
+
+/// Settings kept when a `with_*` method makes a new `MongoLock`.
+#[derive(Clone, Copy)]
+struct Settings {
+    backoff: Backoff,
+    cleanup_after: Duration,
+    change_streams: bool,
 }
 
 impl std::fmt::Debug for MongoLock {
@@ -67,6 +79,7 @@ impl std::fmt::Debug for MongoLock {
             .field("namespace", &self.inner.collection.namespace().to_string())
             .field("backoff", &self.inner.backoff)
             .field("cleanup_after", &self.inner.cleanup_after)
+            .field("change_streams", &self.inner.wakeups.enabled())
             .finish()
     }
 }
@@ -103,16 +116,43 @@ impl MongoLock {
     /// preference. Use majority write concern on replica sets; with a weaker
     /// one a failover can forget an acquisition.
     pub fn with_collection(collection: Collection<Document>) -> Self {
-        Self::from_parts(collection, Backoff::default(), DEFAULT_CLEANUP_AFTER)
+        Self::from_parts(
+            collection,
+            Settings {
+                backoff: Backoff::default(),
+                cleanup_after: DEFAULT_CLEANUP_AFTER,
+                change_streams: true,
+            },
+        )
     }
 
-    /// The same locks, waiting with `backoff` between attempts.
+    fn settings(&self) -> Settings {
+        Settings {
+            backoff: self.inner.backoff,
+            cleanup_after: self.inner.cleanup_after,
+            change_streams: self.inner.wakeups.enabled(),
+        }
+    }
+
+    /// The same locks, polling with `backoff` when no change stream tells
+    /// waiters of releases.
     pub fn with_backoff(self, backoff: Backoff) -> Self {
-        Self::from_parts(
-            self.inner.collection.clone(),
+        let settings = Settings {
             backoff,
-            self.inner.cleanup_after,
-        )
+            ..self.settings()
+        };
+        Self::from_parts(self.inner.collection.clone(), settings)
+    }
+
+    /// The same locks, with waiters woken by a change stream (`true`, the
+    /// default) or polling only (`false`). Without change stream support
+    /// (a standalone server, missing permissions) waiters poll anyway.
+    pub fn with_change_streams(self, enabled: bool) -> Self {
+        let settings = Settings {
+            change_streams: enabled,
+            ..self.settings()
+        };
+        Self::from_parts(self.inner.collection.clone(), settings)
     }
 
     /// The same locks, with lock documents deleted `after` their lease ended
@@ -127,26 +167,32 @@ impl MongoLock {
                 reason: "TTL indexes count whole seconds: use at least 1 second",
             });
         }
-        Ok(Self::from_parts(
-            self.inner.collection.clone(),
-            self.inner.backoff,
-            after,
-        ))
+        let settings = Settings {
+            cleanup_after: after,
+            ..self.settings()
+        };
+        Ok(Self::from_parts(self.inner.collection.clone(), settings))
     }
 
-    fn from_parts(
-        collection: Collection<Document>,
-        backoff: Backoff,
-        cleanup_after: Duration,
-    ) -> Self {
+    fn from_parts(collection: Collection<Document>, settings: Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 collection,
-                backoff,
-                cleanup_after,
+                backoff: settings.backoff,
+                cleanup_after: settings.cleanup_after,
                 ttl_index: tokio::sync::OnceCell::new(),
+                wakeups: Arc::new(Wakeups::new(settings.change_streams)),
+                clock: ServerClock::default(),
             }),
         }
+    }
+
+    pub(crate) fn wakeups(&self) -> &Arc<Wakeups> {
+        &self.inner.wakeups
+    }
+
+    pub(crate) fn server_clock(&self) -> &ServerClock {
+        &self.inner.clock
     }
 
     /// The collection the locks live in.
@@ -216,6 +262,40 @@ impl MongoLock {
         let mut filter = query::by_key(key);
         filter.insert("$expr", query::held_expr());
         Ok(self.collection().count_documents(filter).await? > 0)
+    }
+
+    /// The locks held now, by the server's clock, ordered by key: owner,
+    /// since, expires and fencing token of each. For dashboards and admin
+    /// tools; it reads the whole collection's held locks.
+    pub async fn list(&self) -> Result<Vec<LockInfo>> {
+        let mut cursor = self
+            .collection()
+            .find(doc! { "$expr": query::held_expr() })
+            .sort(doc! { "_id": 1 })
+            .await?;
+        let mut held = Vec::new();
+        while let Some(doc) = futures_util::TryStreamExt::try_next(&mut cursor).await? {
+            held.push(LockInfo::from_document(&doc)?);
+        }
+        Ok(held)
+    }
+
+    /// Frees `key` whoever holds it, ignoring owner and minimum hold. An
+    /// admin operation for a lock whose holder is known to be gone: the
+    /// holder, if alive, is not told, and loses its lock at its next
+    /// renewal. Resolves to `true` if a lease was running. The fencing token
+    /// carries on as after any release.
+    pub async fn force_release(&self, key: &str) -> Result<bool> {
+        validate::key(key)?;
+        let mut filter = query::by_key(key);
+        filter.insert("$expr", query::held_expr());
+        let result = self
+            .collection()
+            .update_one(filter, query::release_pipeline(0))
+            .await?;
+        let released = result.matched_count == 1;
+        tracing::info!(key, released, "mongolock force_release");
+        Ok(released)
     }
 
     /// Creates the TTL index that removes stale documents, once per

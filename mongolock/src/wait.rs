@@ -3,9 +3,21 @@
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::time::Instant;
 
+use crate::acquire::{Attempt, Request};
 use crate::error::{Error, Result};
+use crate::info::LockInfo;
+use crate::mongo_lock::MongoLock;
 use crate::validate;
+
+/// The shortest time the attempt at the deadline may take: a waiter returns
+/// at most this long after its timeout when the server does not answer.
+const LAST_ATTEMPT_GRACE: Duration = Duration::from_millis(500);
+
+/// With a change stream open, a waiter still rechecks this often, in case
+/// an event was lost.
+pub(crate) const STREAM_RECHECK: Duration = Duration::from_secs(5);
 
 /// Exponential backoff with full jitter between a floor and a cap.
 ///
@@ -72,6 +84,98 @@ impl Backoff {
             return self.floor;
         }
         rand::rng().random_range(self.floor..=ceiling)
+    }
+}
+
+impl MongoLock {
+    /// Attempts until the lock is taken or the timeout is reached.
+    ///
+    /// Between attempts a waiter sleeps until the holder's lease ends (by
+    /// the server's clock, converted to ours), until the change stream says
+    /// the key was released, or, without a stream, until its next poll;
+    /// never past the deadline, where it makes a last attempt. With a
+    /// timeout, an attempt the server does not answer is cut off at the
+    /// deadline (the last one after [`LAST_ATTEMPT_GRACE`]).
+    pub(crate) async fn attempt_until(&self, req: &Request) -> Result<Attempt> {
+        let (Some(timeout), Some(deadline)) =
+            (req.timeout, req.timeout.map(|t| Instant::now() + t))
+        else {
+            let attempt = self.attempt(req).await?;
+            log_outcome(req, &attempt);
+            return Ok(attempt);
+        };
+        let interest = self.wakeups().subscribe(self.collection(), &req.key);
+        let (mut polls, mut late) = (0_u32, 0_u32);
+        loop {
+            let mut woken = std::pin::pin!(interest.notified());
+            woken.as_mut().enable();
+            let cutoff = deadline.max(Instant::now() + LAST_ATTEMPT_GRACE);
+            let attempt = tokio::time::timeout_at(cutoff, self.attempt(req))
+                .await
+                .map_err(|_| Error::TimedOut {
+                    key: req.key.clone(),
+                    timeout,
+                })??;
+            let now = Instant::now();
+            let Attempt::Busy(ref holder) = attempt else {
+                log_outcome(req, &attempt);
+                return Ok(attempt);
+            };
+            if now >= deadline {
+                log_outcome(req, &attempt);
+                return Ok(attempt);
+            }
+            let wake_at = self
+                .next_wake(holder, &mut polls, &mut late, now)
+                .await
+                .min(deadline);
+            tracing::trace!(key = %req.key, wait = ?wake_at.saturating_duration_since(now), "mongolock waiting");
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = woken => {
+                    tracing::debug!(key = %req.key, "mongolock waiter woken by a release");
+                }
+            }
+        }
+    }
+
+    /// When to try again after finding `holder` in the way.
+    async fn next_wake(
+        &self,
+        holder: &LockInfo,
+        polls: &mut u32,
+        late: &mut u32,
+        now: Instant,
+    ) -> Instant {
+        self.refresh_server_clock().await;
+        let expiry = self.server_clock().local_instant(holder.expires_at);
+        if let Some(expiry) = expiry {
+            if expiry <= now {
+                // Our estimate says the lease is over, the server disagrees:
+                // the estimate is a little early. Retry soon.
+                *late = late.saturating_add(1);
+                return now + self.backoff().delay(*late - 1);
+            }
+            *late = 0;
+            if self.wakeups().stream_open() {
+                return expiry.min(now + STREAM_RECHECK);
+            }
+        }
+        // No change stream (or no clock estimate): poll for releases.
+        let poll = now + self.backoff().delay(*polls);
+        *polls = polls.saturating_add(1);
+        expiry.map_or(poll, |expiry| expiry.min(poll))
+    }
+}
+
+fn log_outcome(req: &Request, attempt: &Attempt) {
+    match attempt {
+        Attempt::Acquired { info, .. } => {
+            tracing::debug!(key = %req.key, owner = %req.owner, token = info.token, "mongolock acquired");
+        }
+        Attempt::Busy(holder) => {
+            tracing::debug!(key = %req.key, owner = %req.owner, holder = ?holder.owner, "mongolock busy");
+        }
     }
 }
 

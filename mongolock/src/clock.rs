@@ -1,0 +1,144 @@
+//! An estimate of the server's clock, to turn a lease's end (server time)
+//! into a local moment to wake at. It only ever schedules a retry; no lock
+//! decision depends on it.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mongodb::bson::{doc, DateTime};
+use tokio::time::Instant;
+
+use crate::mongo_lock::MongoLock;
+
+/// How long a sample is trusted before a waiter asks the server again.
+const SAMPLE_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// Server wall clock minus ours, in milliseconds.
+    offset_millis: i64,
+    rtt: Duration,
+    taken: Instant,
+}
+
+/// The best recent sample of the server-client clock offset.
+#[derive(Debug, Default)]
+pub(crate) struct ServerClock {
+    sample: Mutex<Option<Sample>>,
+}
+
+/// A round trip whose reply carried the server's time.
+pub(crate) struct Probe {
+    sent_wall: SystemTime,
+    sent: Instant,
+}
+
+impl Probe {
+    pub(crate) fn start() -> Self {
+        Self {
+            sent_wall: SystemTime::now(),
+            sent: Instant::now(),
+        }
+    }
+
+    /// When the request left.
+    pub(crate) fn sent(&self) -> Instant {
+        self.sent
+    }
+}
+
+fn wall_millis(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+impl ServerClock {
+    /// Records that the server's clock read `server` during the round trip
+    /// that `probe` started. Keeps the sample with the tighter round trip,
+    /// unless the kept one is stale.
+    pub(crate) fn observe(&self, probe: &Probe, server: DateTime) {
+        let now = Instant::now();
+        let rtt = now.saturating_duration_since(probe.sent);
+        let half = i64::try_from((rtt / 2).as_millis()).unwrap_or(i64::MAX);
+        let local = wall_millis(probe.sent_wall).saturating_add(half);
+        let candidate = Sample {
+            offset_millis: server.timestamp_millis().saturating_sub(local),
+            rtt,
+            taken: now,
+        };
+        let mut sample = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+        let keep_old = sample.is_some_and(|old| {
+            now.saturating_duration_since(old.taken) < SAMPLE_TTL && old.rtt < rtt
+        });
+        if !keep_old {
+            *sample = Some(candidate);
+        }
+    }
+
+    fn fresh(&self) -> Option<Sample> {
+        let sample = *self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+        sample.filter(|s| s.taken.elapsed() < SAMPLE_TTL)
+    }
+
+    /// The local moment the server's clock reads `server`, if known.
+    pub(crate) fn local_instant(&self, server: DateTime) -> Option<Instant> {
+        let sample = self.fresh()?;
+        let local_target = server
+            .timestamp_millis()
+            .saturating_sub(sample.offset_millis);
+        let ahead = local_target.saturating_sub(wall_millis(SystemTime::now()));
+        let now = Instant::now();
+        Some(match u64::try_from(ahead) {
+            Ok(ms) => now + Duration::from_millis(ms),
+            Err(_) => now,
+        })
+    }
+}
+
+impl MongoLock {
+    /// Makes sure the clock estimate is fresh, asking the server (`hello`
+    /// reports its time) at most once a minute. Failure leaves it unknown:
+    /// waiters then poll.
+    pub(crate) async fn refresh_server_clock(&self) {
+        if self.server_clock().fresh().is_some() {
+            return;
+        }
+        let probe = Probe::start();
+        let db = self.collection().client().database("admin");
+        match db.run_command(doc! { "hello": 1 }).await {
+            Ok(reply) => match reply.get_datetime("localTime") {
+                Ok(server) => self.server_clock().observe(&probe, *server),
+                Err(_) => tracing::debug!("mongolock: the server's hello has no localTime"),
+            },
+            Err(error) => tracing::debug!(%error, "mongolock: cannot read the server's clock"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn server_ahead_of_us_wakes_us_earlier_by_that_much() {
+        let clock = ServerClock::default();
+        assert!(clock.local_instant(DateTime::now()).is_none());
+        let probe = Probe::start();
+        // The server reads 10 s ahead of us.
+        let server_now = DateTime::from_millis(wall_millis(SystemTime::now()) + 10_000);
+        clock.observe(&probe, server_now);
+        let at = clock
+            .local_instant(DateTime::from_millis(server_now.timestamp_millis() + 2_000))
+            .unwrap();
+        let wait = at.saturating_duration_since(Instant::now());
+        assert!(
+            wait > Duration::from_millis(1500) && wait <= Duration::from_millis(2100),
+            "{wait:?}"
+        );
+        // A time already past on the server is now.
+        let past = clock.local_instant(server_now).unwrap();
+        assert!(past <= Instant::now());
+    }
+}

@@ -1,0 +1,247 @@
+//! Waking waiters when the key they want is released: one change stream per
+//! `MongoLock`, shared by all its waiters. The stream only makes waiting
+//! faster and cheaper; correctness never depends on it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mongodb::bson::{doc, Document};
+use mongodb::Collection;
+use tokio::sync::futures::Notified;
+use tokio::sync::{watch, Notify};
+
+/// How long to wait before reopening a broken stream.
+const REOPEN_DELAY: Duration = Duration::from_secs(1);
+
+const NOT_STARTED: u8 = 0;
+const OPENING: u8 = 1;
+const OPEN: u8 = 2;
+const DOWN: u8 = 3;
+const UNAVAILABLE: u8 = 4;
+
+/// The waiters of one `MongoLock`, by key, and the stream that wakes them.
+#[derive(Debug)]
+pub(crate) struct Wakeups {
+    /// Per key: the waiters' `Notify` and how many interests share it.
+    keys: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
+    status: AtomicU8,
+    enabled: bool,
+    /// Dropped with the `MongoLock`, which stops the stream task.
+    shutdown: watch::Sender<()>,
+}
+
+/// A waiter's registration for one key.
+pub(crate) struct Interest {
+    wakeups: Arc<Wakeups>,
+    key: String,
+    notify: Arc<Notify>,
+}
+
+impl Interest {
+    /// A wake-up for this key. Enable it before the attempt whose failure
+    /// leads to a sleep, so that a release in between is not missed.
+    ///
+    /// A release wakes one waiter of this `MongoLock`: one retry is enough
+    /// to take a free lock, and the rest would only load the server. If that
+    /// waiter loses to another process, the next release wakes the next.
+    pub(crate) fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        let mut keys = self
+            .wakeups
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, count)) = keys.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                keys.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Wakeups {
+    pub(crate) fn new(enabled: bool) -> Self {
+        Self {
+            keys: Mutex::default(),
+            status: AtomicU8::new(NOT_STARTED),
+            enabled,
+            shutdown: watch::Sender::new(()),
+        }
+    }
+
+    /// Whether change streams were asked for.
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether waiters can rely on the stream to hear of releases.
+    pub(crate) fn stream_open(&self) -> bool {
+        self.status.load(Ordering::Acquire) == OPEN
+    }
+
+    /// Registers interest in `key`, starting the shared stream on first use.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        collection: &Collection<Document>,
+        key: &str,
+    ) -> Interest {
+        if self.enabled
+            && self
+                .status
+                .compare_exchange(NOT_STARTED, OPENING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let task = StreamTask {
+                wakeups: Arc::downgrade(self),
+                collection: collection.clone(),
+                shutdown: self.shutdown.subscribe(),
+            };
+            tokio::spawn(task.run());
+        }
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let (notify, count) = keys
+            .entry(key.to_owned())
+            .or_insert_with(|| (Arc::new(Notify::new()), 0));
+        *count += 1;
+        Interest {
+            wakeups: self.clone(),
+            key: key.to_owned(),
+            notify: notify.clone(),
+        }
+    }
+
+    fn wake(&self, key: &str) {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((notify, _)) = keys.get(key) {
+            tracing::trace!(key, "mongolock waking a waiter");
+            notify.notify_one();
+        }
+    }
+
+    /// Wakes every waiter, so they notice the stream is down and poll.
+    fn wake_all(&self) {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        for (notify, _) in keys.values() {
+            notify.notify_waiters();
+        }
+    }
+
+    fn set_status(&self, status: u8) {
+        let previous = self.status.swap(status, Ordering::AcqRel);
+        if previous == OPEN && status != OPEN {
+            self.wake_all();
+        }
+    }
+}
+
+struct StreamTask {
+    wakeups: std::sync::Weak<Wakeups>,
+    collection: Collection<Document>,
+    shutdown: watch::Receiver<()>,
+}
+
+/// Releases (the owner removed), takeovers (a new token), and documents
+/// created, replaced or deleted. Renewals, which only move `expires_at`,
+/// wake nobody.
+fn releases_and_takeovers() -> Vec<Document> {
+    vec![
+        doc! { "$match": { "$or": [
+            { "operationType": { "$in": ["insert", "replace", "delete"] } },
+            { "updateDescription.removedFields": crate::query::OWNER },
+            { format!("updateDescription.updatedFields.{}", crate::query::TOKEN): { "$exists": true } },
+        ] } },
+        doc! { "$project": { "operationType": 1, "documentKey": 1 } },
+    ]
+}
+
+/// Server errors that mean "no change streams here": not a replica set or
+/// sharded cluster (40573), not authorized (13), unsupported (115, 40324).
+fn unsupported(error: &mongodb::error::Error) -> bool {
+    matches!(
+        error.kind.as_ref(),
+        mongodb::error::ErrorKind::Command(c) if matches!(c.code, 13 | 115 | 40324 | 40573)
+    )
+}
+
+impl StreamTask {
+    async fn run(mut self) {
+        loop {
+            let opened = self
+                .collection
+                .watch()
+                .pipeline(releases_and_takeovers())
+                .await;
+            let Some(wakeups) = self.wakeups.upgrade() else {
+                return;
+            };
+            let mut stream = match opened {
+                Ok(stream) => stream,
+                Err(error) if unsupported(&error) => {
+                    tracing::debug!(%error, "mongolock: change streams unavailable; waiters will poll");
+                    wakeups.set_status(UNAVAILABLE);
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "mongolock: cannot open the change stream; retrying");
+                    wakeups.set_status(DOWN);
+                    drop(wakeups);
+                    if self.pause().await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            wakeups.set_status(OPEN);
+            drop(wakeups);
+            loop {
+                let event = tokio::select! {
+                    event = stream.next() => event,
+                    _ = self.shutdown.changed() => return,
+                };
+                let Some(wakeups) = self.wakeups.upgrade() else {
+                    return;
+                };
+                match event {
+                    Some(Ok(event)) => {
+                        if let Some(key) = event
+                            .document_key
+                            .as_ref()
+                            .and_then(|k| k.get_str("_id").ok())
+                        {
+                            wakeups.wake(key);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "mongolock: change stream failed; reopening");
+                        wakeups.set_status(DOWN);
+                        break;
+                    }
+                    None => {
+                        wakeups.set_status(DOWN);
+                        break;
+                    }
+                }
+            }
+            if self.pause().await {
+                return;
+            }
+        }
+    }
+
+    /// Waits before reopening; true if the lock was dropped meanwhile.
+    async fn pause(&mut self) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(REOPEN_DELAY) => self.wakeups.strong_count() == 0,
+            _ = self.shutdown.changed() => true,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Waiting: change-stream wake-ups, expiry-aware sleeps, polling fallback,
+//! and the admin operations.
+
+use std::time::Duration;
+
+use mongolock::{Error, MongoLock};
+use mongolock_suite::fresh_lock;
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A waiter that reports when it got the lock.
+fn waiter(lock: &MongoLock, key: &'static str) -> oneshot::Receiver<i64> {
+    let (tx, rx) = oneshot::channel();
+    let lock = lock.clone();
+    tokio::spawn(async move {
+        if let Ok(guard) = lock.acquire(key).timeout(WAIT).await {
+            let _ = tx.send(guard.token());
+            let _ = guard.release().await;
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn waiter_takes_a_released_lock_long_before_its_lease_ends() {
+    for streams in [true, false] {
+        let lock = fresh_lock("wake_on_release")
+            .await
+            .with_change_streams(streams);
+        let holder = lock
+            .acquire("job")
+            .expires(Duration::from_secs(120))
+            .await
+            .unwrap();
+        let token = holder.token();
+        let got = waiter(&lock, "job");
+        // Let the waiter find the lock busy first.
+        let other = lock
+            .acquire("job")
+            .timeout(Duration::from_millis(200))
+            .await;
+        assert!(matches!(other, Err(Error::Locked { .. })));
+        holder.release().await.unwrap();
+        // The lease had 2 minutes left; the waiter's own timeout is 30 s.
+        let next = got
+            .await
+            .expect("the waiter took the lock after the release");
+        assert!(next > token, "streams={streams}");
+    }
+}
+
+#[tokio::test]
+async fn waiters_on_other_keys_keep_waiting() {
+    let lock = fresh_lock("other_keys").await;
+    let a = lock
+        .acquire("a")
+        .expires(Duration::from_secs(120))
+        .await
+        .unwrap();
+    let b = lock
+        .acquire("b")
+        .expires(Duration::from_secs(120))
+        .await
+        .unwrap();
+    let mut got_b = waiter(&lock, "b");
+    let got_a = waiter(&lock, "a");
+    a.release().await.unwrap();
+    got_a.await.expect("the waiter on a got it");
+    assert!(got_b.try_recv().is_err(), "b is still held");
+    assert!(lock.is_locked("b").await.unwrap());
+    b.release().await.unwrap();
+    got_b
+        .await
+        .expect("the waiter on b got it after b's release");
+}
+
+#[tokio::test]
+async fn crashed_holder_is_replaced_at_its_expiry() {
+    let lock = fresh_lock("expiry_wait").await;
+    // A holder that vanishes: never releases, never renews.
+    assert!(lock
+        .lock("job", "ghost")
+        .expires(Duration::from_millis(400))
+        .await
+        .unwrap());
+    let ghost = lock.get_lock_info("job").await.unwrap().unwrap();
+    let guard = lock.acquire("job").timeout(WAIT).await.unwrap();
+    assert!(guard.acquired_at().unwrap() >= ghost.expires_at);
+}
+
+#[tokio::test]
+async fn list_shows_holders_and_force_release_frees_them() {
+    let lock = fresh_lock("admin").await;
+    let a = lock.acquire("a").await.unwrap();
+    assert!(lock.lock("b", "worker-b").await.unwrap());
+    assert!(lock
+        .lock("c", "gone")
+        .expires(Duration::from_millis(1))
+        .await
+        .unwrap());
+    lock.lock("d", "d").await.unwrap();
+    lock.release("d", "d").await.unwrap();
+    // Wait out c's 1 ms lease on the server's clock.
+    assert!(lock.lock("c", "next").timeout(WAIT).await.unwrap());
+    lock.release("c", "next").await.unwrap();
+
+    let held = lock.list().await.unwrap();
+    let keys: Vec<_> = held
+        .iter()
+        .map(|i| (i.key.as_str(), i.owner.as_deref()))
+        .collect();
+    assert_eq!(keys, [("a", Some(a.owner())), ("b", Some("worker-b"))]);
+    assert_eq!(held[0].token, a.token());
+
+    assert!(lock.force_release("b").await.unwrap());
+    assert!(!lock.force_release("b").await.unwrap(), "already free");
+    assert!(!lock.force_release("missing").await.unwrap());
+    assert!(matches!(
+        lock.force_release("").await,
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(lock.lock("b", "someone-else").await.unwrap());
+    let after = lock.get_lock_info("b").await.unwrap().unwrap();
+    assert!(
+        after.token > held[1].token,
+        "tokens keep growing after force_release"
+    );
+}
+
+#[tokio::test]
+async fn credentials_never_show_in_debug_output() {
+    let lock = MongoLock::connect("mongodb://admin:hunter2@127.0.0.1:1/?connectTimeoutMS=100")
+        .await
+        .unwrap();
+    let shown = format!("{lock:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("admin:"),
+        "{shown}"
+    );
+}
