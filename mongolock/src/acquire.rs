@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mongodb::options::ReturnDocument;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::clock::Probe;
 use crate::error::{Error, Result};
@@ -169,11 +170,15 @@ impl IntoFuture for Lock {
     type IntoFuture = BoxFuture<Result<bool>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let req = Request::new(self.key, self.owner, self.expires, self.timeout)?;
-            let attempt = self.lock.attempt_until(&req).await?;
-            Ok(matches!(attempt, Attempt::Acquired { .. }))
-        })
+        let span = tracing::debug_span!("mongolock.acquire", key = %self.key, owner = %self.owner);
+        Box::pin(
+            async move {
+                let req = Request::new(self.key, self.owner, self.expires, self.timeout)?;
+                let attempt = self.lock.attempt_until(&req).await?;
+                Ok(matches!(attempt, Attempt::Acquired { .. }))
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -260,46 +265,53 @@ impl IntoFuture for Acquire {
     type IntoFuture = BoxFuture<Result<LockGuard>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let owner = self.owner.unwrap_or_else(unique_owner);
-            let req = Request::new(self.key, owner, self.expires, self.timeout)?;
-            let min_hold_millis = validate::bounded("min_hold", self.min_hold)?;
-            let renew_every = match (self.renew, self.renew_every) {
-                (false, _) => None,
-                (true, None) => {
-                    validate::positive_millis("renew interval (expires / 3)", self.expires / 3)?;
-                    Some(self.expires / 3)
-                }
-                (true, Some(interval)) => {
-                    validate::positive_millis("renew interval", interval)?;
-                    if interval >= self.expires {
-                        return Err(Error::InvalidDuration {
-                            what: "renew interval",
-                            duration: interval,
-                            reason: "must be shorter than the lease (`expires`)",
-                        });
+        let owner = self.owner.unwrap_or_else(unique_owner);
+        let span = tracing::debug_span!("mongolock.acquire", key = %self.key, owner = %owner);
+        Box::pin(
+            async move {
+                let req = Request::new(self.key, owner, self.expires, self.timeout)?;
+                let min_hold_millis = validate::bounded("min_hold", self.min_hold)?;
+                let renew_every = match (self.renew, self.renew_every) {
+                    (false, _) => None,
+                    (true, None) => {
+                        validate::positive_millis(
+                            "renew interval (expires / 3)",
+                            self.expires / 3,
+                        )?;
+                        Some(self.expires / 3)
                     }
-                    Some(interval)
+                    (true, Some(interval)) => {
+                        validate::positive_millis("renew interval", interval)?;
+                        if interval >= self.expires {
+                            return Err(Error::InvalidDuration {
+                                what: "renew interval",
+                                duration: interval,
+                                reason: "must be shorter than the lease (`expires`)",
+                            });
+                        }
+                        Some(interval)
+                    }
+                };
+                match self.lock.attempt_until(&req).await? {
+                    Attempt::Acquired { info, sent } => Ok(LockGuard::new(
+                        self.lock,
+                        info,
+                        Held {
+                            sent,
+                            lease: self.expires,
+                            renew_every,
+                            min_hold_millis,
+                        },
+                    )),
+                    Attempt::Busy(holder) => Err(Error::Locked {
+                        key: req.key,
+                        owner: holder.owner,
+                        since: holder.acquired_at,
+                        expires: Some(holder.expires_at),
+                    }),
                 }
-            };
-            match self.lock.attempt_until(&req).await? {
-                Attempt::Acquired { info, sent } => Ok(LockGuard::new(
-                    self.lock,
-                    info,
-                    Held {
-                        sent,
-                        lease: self.expires,
-                        renew_every,
-                        min_hold_millis,
-                    },
-                )),
-                Attempt::Busy(holder) => Err(Error::Locked {
-                    key: req.key,
-                    owner: holder.owner,
-                    since: holder.acquired_at,
-                    expires: Some(holder.expires_at),
-                }),
             }
-        })
+            .instrument(span),
+        )
     }
 }

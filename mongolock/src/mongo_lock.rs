@@ -295,6 +295,9 @@ impl MongoLock {
             .await?;
         let released = result.matched_count == 1;
         tracing::info!(key, released, "mongolock force_release");
+        if released {
+            self.wakeups().wake(key);
+        }
         Ok(released)
     }
 
@@ -347,6 +350,9 @@ impl MongoLock {
             .await?;
         let released = result.matched_count == 1;
         tracing::debug!(key, owner, released, "mongolock release");
+        if released {
+            self.wakeups().wake(key);
+        }
         Ok(released)
     }
 

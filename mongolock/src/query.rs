@@ -36,14 +36,14 @@ pub(crate) fn held_expr() -> Document {
 }
 
 /// Filter for `_id` alone, the only shape allowed for upserts.
-pub(crate) fn by_key(key: &str) -> Document {
+pub fn by_key(key: &str) -> Document {
     doc! { "_id": key }
 }
 
 /// Filter for a lock held by `owner`, and, for a guard, by that very
 /// acquisition (`token`), so a stale guard whose owner name was reused cannot
 /// touch the new holder's lock.
-pub(crate) fn by_holder(key: &str, owner: &str, token: Option<i64>) -> Document {
+pub fn by_holder(key: &str, owner: &str, token: Option<i64>) -> Document {
     let mut filter = doc! { "_id": key, OWNER: owner };
     if let Some(token) = token {
         filter.insert(TOKEN, token);
@@ -61,7 +61,7 @@ pub(crate) fn by_holder(key: &str, owner: &str, token: Option<i64>) -> Document 
 ///   `max(previous + 1, server epoch millis)`, which keeps growing even after
 ///   the TTL index deleted the document.
 /// - Otherwise the document is written back unchanged.
-pub(crate) fn acquire_pipeline(owner: &str, lease_millis: i64) -> Vec<Document> {
+pub fn acquire_pipeline(owner: &str, lease_millis: i64) -> Vec<Document> {
     let free = format!("${SCRATCH}.free");
     let mine = format!("${SCRATCH}.mine");
     let take = doc! { "$or": [&free, &mine] };
@@ -92,7 +92,7 @@ pub(crate) fn touch_pipeline(lease_millis: i64) -> Vec<Document> {
 /// Marks the lock free but keeps the document, so its fencing token carries
 /// on. With a minimum hold the lease ends at `acquired_at + min_hold` if that
 /// is later than now. Used with a [`by_holder`] filter.
-pub(crate) fn release_pipeline(min_hold_millis: i64) -> Vec<Document> {
+pub fn release_pipeline(min_hold_millis: i64) -> Vec<Document> {
     let ends = if min_hold_millis > 0 {
         let hold_until = doc! { "$add": [format!("${ACQUIRED_AT}"), min_hold_millis] };
         Bson::Document(doc! { "$cond": [

@@ -17,11 +17,13 @@ const LAST_ATTEMPT_GRACE: Duration = Duration::from_millis(500);
 
 /// With a change stream open, a waiter still rechecks this often, in case
 /// an event was lost.
-pub(crate) const STREAM_RECHECK: Duration = Duration::from_secs(5);
+pub(crate) const STREAM_RECHECK: Duration = Duration::from_secs(30);
 
-/// Exponential backoff with full jitter between a floor and a cap.
+/// Exponential backoff with jitter between a floor and a cap.
 ///
-/// The n-th wait is drawn uniformly from `[floor, min(cap, floor * 2^n)]`.
+/// The n-th wait is drawn uniformly from the upper half of
+/// `[floor, min(cap, floor * 2^n)]`, so waiters spread out but a waiter at
+/// the cap polls at most once per `cap / 2`.
 /// Waiters never sleep past their deadline, and make a last attempt at it.
 ///
 /// ```
@@ -39,11 +41,12 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 10 ms to 500 ms.
+    /// 10 ms to 2 s: a waiter that has polled a while costs the server
+    /// at most one command a second.
     fn default() -> Self {
         Self {
             floor: Duration::from_millis(10),
-            cap: Duration::from_millis(500),
+            cap: Duration::from_secs(2),
         }
     }
 }
@@ -80,10 +83,11 @@ impl Backoff {
             .floor
             .checked_mul(1_u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
             .map_or(self.cap, |d| d.min(self.cap));
-        if ceiling <= self.floor {
-            return self.floor;
+        let low = (ceiling / 2).max(self.floor);
+        if ceiling <= low {
+            return ceiling;
         }
-        rand::rng().random_range(self.floor..=ceiling)
+        rand::rng().random_range(low..=ceiling)
     }
 }
 
@@ -191,6 +195,8 @@ mod tests {
             let d = b.delay(retry);
             assert!(d >= b.floor() && d <= b.cap(), "{retry}: {d:?}");
         }
+        // At the cap, never more often than once per cap / 2.
+        assert!((0..100).all(|_| b.delay(40) >= b.cap() / 2));
         assert_eq!(b.delay(0), b.floor());
     }
 

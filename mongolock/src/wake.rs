@@ -119,7 +119,10 @@ impl Wakeups {
         }
     }
 
-    fn wake(&self, key: &str) {
+    /// Wakes one waiter of `key`. Called for change-stream events, and
+    /// directly when this `MongoLock` releases a key, so waiters in the
+    /// same process need not wait for the event.
+    pub(crate) fn wake(&self, key: &str) {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((notify, _)) = keys.get(key) {
             tracing::trace!(key, "mongolock waking a waiter");

@@ -1,0 +1,53 @@
+//! Lists the locks held now and force-releases one.
+//!
+//! `cargo run --example admin -- [KEY]`: with `MONGODB_URI` set, it works on
+//! that server's `mongolock.lock` collection; otherwise it starts a local
+//! test server and takes two locks first, so there is something to see.
+
+use std::time::Duration;
+
+use mongolock::MongoLock;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let local = std::env::var("MONGODB_URI").is_err();
+    let lock = MongoLock::connect(&mongolock_suite::server_uri()?).await?;
+    if local {
+        lock.lock("nightly-report", "worker-7")
+            .expires(Duration::from_secs(600))
+            .await?;
+        lock.lock("invoice:42", "worker-3").await?;
+    }
+    let target = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "nightly-report".to_owned());
+
+    print_held(&lock).await?;
+    let freed = lock.force_release(&target).await?;
+    println!(
+        "\nforce_release({target:?}): {}",
+        if freed { "freed" } else { "was not held" }
+    );
+    print_held(&lock).await?;
+    Ok(())
+}
+
+async fn print_held(lock: &MongoLock) -> mongolock::Result<()> {
+    let held = lock.list().await?;
+    println!("\n{} lock(s) held:", held.len());
+    println!(
+        "{:<20} {:<12} {:<34} {:<34} token",
+        "key", "owner", "since", "expires"
+    );
+    for info in held {
+        println!(
+            "{:<20} {:<12} {:<34} {:<34} {}",
+            info.key,
+            info.owner.unwrap_or_default(),
+            info.acquired_at.map(|t| t.to_string()).unwrap_or_default(),
+            info.expires_at.to_string(),
+            info.token
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,507 @@
+//! The benchmark suite: prints a table of figures and ratios.
+//!
+//! `cargo run --release --example bench` runs it against a local SecantusDB
+//! it starts itself, or against `MONGODB_URI`. Every figure comes from the
+//! same run against the same server.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Document};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
+use mongodb::options::{ClientOptions, ReturnDocument};
+use mongodb::{Client, Collection};
+use mongolock::__private::raw;
+use mongolock::{mongo_locked, Backoff, MongoLock};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+struct Bench {
+    uri: String,
+    db: String,
+}
+
+impl Bench {
+    async fn client(&self) -> Result<Client> {
+        Ok(Client::with_uri_str(&self.uri).await?)
+    }
+
+    /// A client whose commands are counted.
+    async fn counted_client(&self) -> Result<(Client, Arc<AtomicU64>)> {
+        let count = Arc::new(AtomicU64::new(0));
+        let mut options = ClientOptions::parse(&self.uri).await?;
+        let seen = count.clone();
+        options.command_event_handler = Some(EventHandler::callback(move |event| {
+            if let CommandEvent::Started(started) = event {
+                if started.command_name != "hello" && started.command_name != "isMaster" {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        Ok((Client::with_options(options)?, count))
+    }
+
+    async fn collection(&self, name: &str) -> Result<Collection<Document>> {
+        Ok(self.client().await?.database(&self.db).collection(name))
+    }
+
+    async fn lock(&self, name: &str) -> Result<MongoLock> {
+        Ok(MongoLock::with_collection(self.collection(name).await?))
+    }
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort();
+    let index = ((samples.len() - 1) as f64 * p).round() as usize;
+    samples[index]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn row(name: &str, figure: &str, baseline: &str, ratio: &str, target: &str) {
+    println!("| {name} | {figure} | {baseline} | {ratio} | {target} |");
+}
+
+/// Median round trip of a `ping`.
+async fn round_trip(bench: &Bench) -> Result<Duration> {
+    let client = bench.client().await?;
+    let admin = client.database("admin");
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let start = Instant::now();
+        admin.run_command(doc! { "ping": 1 }).await?;
+        samples.push(start.elapsed());
+    }
+    Ok(percentile(&mut samples, 0.5))
+}
+
+/// Median time of one lock attempt that finds the lock busy (a
+/// `findAndModify` with the update pipeline): the server's round trip for
+/// this work.
+async fn lock_round_trip(bench: &Bench) -> Result<Duration> {
+    let lock = bench.lock("round_trip").await?;
+    let _held = lock.acquire("busy").await?;
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let start = Instant::now();
+        lock.lock("busy", "other").await?;
+        samples.push(start.elapsed());
+    }
+    Ok(percentile(&mut samples, 0.5))
+}
+
+/// 1. acquire + release against the same two raw driver operations.
+async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
+    const ROUNDS: usize = 300;
+    let lock = bench.lock("uncontended").await?;
+    let coll = lock.collection().clone();
+    let lease = 60_000;
+    // Warm up both paths (the TTL index, connections).
+    lock.acquire("warm").await?.release().await?;
+    let (mut ours, mut raw_times) = (Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        // Interleaved, so drift in the server's speed hits both alike.
+        let key = format!("k{}", i % 10);
+        let start = Instant::now();
+        let guard = lock
+            .acquire(&key)
+            .expires(Duration::from_millis(lease))
+            .await?;
+        guard.release().await?;
+        ours.push(start.elapsed());
+
+        let owner = mongolock::unique_owner();
+        let start = Instant::now();
+        let taken = coll
+            .find_one_and_update(
+                raw::by_key(&key),
+                raw::acquire_pipeline(&owner, lease as i64),
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await?
+            .and_then(|d| d.get_i64("token").ok());
+        coll.update_one(
+            raw::by_holder(&key, &owner, taken),
+            raw::release_pipeline(0),
+        )
+        .await?;
+        raw_times.push(start.elapsed());
+    }
+    Ok((percentile(&mut ours, 0.5), percentile(&mut raw_times, 0.5)))
+}
+
+#[mongo_locked(key = "macro", lock = lock)]
+async fn annotated(lock: &MongoLock, n: u64) -> mongolock::Result<u64> {
+    Ok(std::hint::black_box(n) + 1)
+}
+
+async fn manual(lock: &MongoLock, n: u64) -> mongolock::Result<u64> {
+    let guard = lock.acquire("macro").await?;
+    let out = std::hint::black_box(n) + 1;
+    guard.release().await?;
+    Ok(out)
+}
+
+/// 2. An annotated function against manual acquire/release.
+async fn macro_overhead(bench: &Bench) -> Result<(Duration, Duration)> {
+    const ROUNDS: u64 = 300;
+    let lock = bench.lock("macro").await?;
+    manual(&lock, 0).await?;
+    let (mut with_macro, mut by_hand) = (Vec::new(), Vec::new());
+    for n in 0..ROUNDS {
+        let start = Instant::now();
+        annotated(&lock, n).await?;
+        with_macro.push(start.elapsed());
+        let start = Instant::now();
+        manual(&lock, n).await?;
+        by_hand.push(start.elapsed());
+    }
+    Ok((
+        percentile(&mut with_macro, 0.5),
+        percentile(&mut by_hand, 0.5),
+    ))
+}
+
+/// Row 3, release-to-next-acquire latency: a holder on `holder` releases
+/// while `waiters` tasks on `waiting` wait for the key; the time until the
+/// first of them holds it. One sample per round.
+async fn handoff(holder: &MongoLock, waiting: &MongoLock, waiters: usize) -> Result<Vec<Duration>> {
+    const ROUNDS: usize = 30;
+    let mut samples = Vec::new();
+    for round in 0..ROUNDS {
+        let key = format!("handoff{round}");
+        let guard = holder.acquire(&key).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for _ in 0..waiters {
+            let (lock, key, tx) = (waiting.clone(), key.clone(), tx.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Ok(guard) = lock.acquire(&key).timeout(Duration::from_secs(30)).await {
+                    let _ = tx.send(Instant::now());
+                    let _ = guard.release().await;
+                }
+            }));
+        }
+        // Let every waiter find the lock busy and go to sleep; a random hold
+        // keeps the release out of step with any polling period.
+        let hold = 100 + rand::random::<u64>() % 100;
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+        let released = Instant::now();
+        guard.release().await?;
+        let first = rx.recv().await.ok_or("no waiter got the lock")?;
+        samples.push(first - released);
+        for task in tasks {
+            task.await?;
+        }
+    }
+    Ok(samples)
+}
+
+/// 4. How long after a vanished holder's expiry (server time) a waiter
+/// takes the lock.
+async fn takeover(bench: &Bench) -> Result<Vec<Duration>> {
+    let lock = bench.lock("takeover").await?;
+    let mut samples = Vec::new();
+    for i in 0..15 {
+        let key = format!("t{i}");
+        lock.lock(&key, "ghost")
+            .expires(Duration::from_millis(300))
+            .await?;
+        let ghost = lock.get_lock_info(&key).await?.ok_or("no ghost")?;
+        let guard = lock.acquire(&key).timeout(Duration::from_secs(10)).await?;
+        let late = guard.acquired_at().ok_or("no time")?.timestamp_millis()
+            - ghost.expires_at.timestamp_millis();
+        samples.push(Duration::from_millis(late.max(0) as u64));
+        guard.release().await?;
+    }
+    Ok(samples)
+}
+
+/// 5. Commands per second per waiter while W waiters wait on held keys.
+async fn idle_load(bench: &Bench, streams: bool, waiters: usize) -> Result<f64> {
+    let holder = bench.lock("idle").await?;
+    let tag = if streams { "s" } else { "p" };
+    let mut guards = Vec::new();
+    for i in 0..waiters {
+        guards.push(
+            holder
+                .acquire(format!("{tag}{i}"))
+                .expires(Duration::from_secs(120))
+                .await?,
+        );
+    }
+    let (client, count) = bench.counted_client().await?;
+    let lock = MongoLock::with_collection(client.database(&bench.db).collection("idle"))
+        .with_change_streams(streams);
+    let mut tasks = Vec::new();
+    for i in 0..waiters {
+        let lock = lock.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = lock
+                .acquire(format!("{tag}{i}"))
+                .timeout(Duration::from_secs(60))
+                .await;
+        }));
+    }
+    // Settle: first attempts, stream opening, backoff reaching its cap.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = count.load(Ordering::Relaxed);
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let commands = count.load(Ordering::Relaxed) - before;
+    for task in tasks {
+        task.abort();
+    }
+    for guard in guards {
+        guard.release().await?;
+    }
+    Ok(commands as f64 / window.as_secs_f64() / waiters as f64)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_time() -> Duration {
+    // utime + stime, fields 14 and 15 of /proc/self/stat, in clock ticks.
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.to_owned();
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let user: u64 = fields.get(11)?.parse().ok()?;
+            let system: u64 = fields.get(12)?.parse().ok()?;
+            Some(user + system)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// 6a. 1,000 waiting tasks on 100 held keys: memory and CPU per waiter.
+async fn scale_waiters(bench: &Bench) -> Result<(f64, f64, f64)> {
+    const KEYS: usize = 100;
+    const WAITERS: usize = 1000;
+    let holder = bench.lock("scale").await?;
+    let mut guards = Vec::new();
+    for k in 0..KEYS {
+        guards.push(
+            holder
+                .acquire(format!("s{k}"))
+                .expires(Duration::from_secs(120))
+                .await?,
+        );
+    }
+    let (client, count) = bench.counted_client().await?;
+    let lock = MongoLock::with_collection(client.database(&bench.db).collection("scale"));
+    let rss_before = rss_kib();
+    let mut tasks = Vec::new();
+    for w in 0..WAITERS {
+        let lock = lock.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = lock
+                .acquire(format!("s{}", w % KEYS))
+                .timeout(Duration::from_secs(60))
+                .await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_after = rss_kib();
+    let (cpu0, commands0) = (cpu_time(), count.load(Ordering::Relaxed));
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let cpu = cpu_time() - cpu0;
+    let commands = count.load(Ordering::Relaxed) - commands0;
+    for task in tasks {
+        task.abort();
+    }
+    for guard in guards {
+        guard.release().await?;
+    }
+    let per_waiter_kib = rss_after.saturating_sub(rss_before) as f64 / WAITERS as f64;
+    let cpu_per_waiter_us = cpu.as_secs_f64() * 1e6 / window.as_secs_f64() / WAITERS as f64;
+    let commands_per_s = commands as f64 / window.as_secs_f64();
+    Ok((per_waiter_kib, cpu_per_waiter_us, commands_per_s))
+}
+
+/// 6b. N workers contending for one key: throughput and acquire latency.
+async fn scale_workers(bench: &Bench, workers: usize) -> Result<(f64, Duration, Duration)> {
+    let lock = bench.lock(&format!("workers{workers}")).await?;
+    let window = Duration::from_secs(4);
+    let end = Instant::now() + window;
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (lock, latencies) = (lock.clone(), latencies.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let start = Instant::now();
+                let Ok(guard) = lock.acquire("w").timeout(Duration::from_secs(30)).await else {
+                    continue;
+                };
+                latencies.lock().map(|mut l| l.push(start.elapsed())).ok();
+                let _ = guard.release().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let mut latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let throughput = latencies.len() as f64 / window.as_secs_f64();
+    Ok((
+        throughput,
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let uri = mongolock_suite::server_uri()?;
+    let bench = Bench {
+        uri,
+        db: format!("mongolock_bench_{}", std::process::id()),
+    };
+    let rtt = round_trip(&bench).await?;
+    let op = lock_round_trip(&bench).await?;
+    println!(
+        "server round trip, p50: ping {}, one lock attempt {}\n",
+        ms(rtt),
+        ms(op)
+    );
+    println!("| measure | mongolock | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
+
+    let (ours, floor) = uncontended(&bench).await?;
+    row(
+        "1. uncontended acquire+release, p50",
+        &ms(ours),
+        &format!("{} (same 2 raw driver ops)", ms(floor)),
+        &format!("{:.3}", ours.as_secs_f64() / floor.as_secs_f64()),
+        "<= 1.05",
+    );
+
+    let (with_macro, by_hand) = macro_overhead(&bench).await?;
+    row(
+        "2. #[mongo_locked] call, p50",
+        &ms(with_macro),
+        &format!("{} (manual acquire/release)", ms(by_hand)),
+        &format!("{:.3}", with_macro.as_secs_f64() / by_hand.as_secs_f64()),
+        "<= 1.02",
+    );
+
+    const WAITERS: usize = 4;
+    let holder = bench.lock("handoff").await?;
+    let polling = |lock: MongoLock| -> Result<MongoLock> {
+        Ok(lock.with_change_streams(false).with_backoff(Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+        )?))
+    };
+    let variants = [
+        ("other client, change stream", WAITERS),
+        ("same MongoLock, local wake", WAITERS),
+        ("fixed 100 ms polling", WAITERS),
+        ("other client, change stream", 1),
+        ("fixed 100 ms polling", 1),
+    ];
+    let mut p50s = Vec::new();
+    for (name, waiters) in variants {
+        // One variant's change stream at a time: each costs the server.
+        let waiting = match name {
+            "same MongoLock, local wake" => holder.clone(),
+            "fixed 100 ms polling" => polling(bench.lock("handoff").await?)?,
+            _ => bench.lock("handoff").await?,
+        };
+        let mut samples = handoff(&holder, &waiting, waiters).await?;
+        drop(waiting);
+        let (p50, p99) = (
+            percentile(&mut samples, 0.5),
+            percentile(&mut samples, 0.99),
+        );
+        p50s.push(p50);
+        let polled = name.contains("polling");
+        let ratio = if polled {
+            format!(
+                "{:.1}x slower",
+                p50.as_secs_f64() / p50s[0].as_secs_f64().max(1e-9)
+            )
+        } else {
+            format!(
+                "{:.1} lock round trips",
+                p50.as_secs_f64() / op.as_secs_f64()
+            )
+        };
+        row(
+            &format!("3. handoff, {waiters} waiter(s), {name}: p50 / p99"),
+            &format!("{} / {}", ms(p50), ms(p99)),
+            "-",
+            &ratio,
+            if polled {
+                ">= 10x slower"
+            } else {
+                "p50 <= 2 round trips"
+            },
+        );
+    }
+
+    let mut late = takeover(&bench).await?;
+    let t50 = percentile(&mut late, 0.5);
+    row(
+        "4. takeover after a holder vanished, p50",
+        &format!("{} after expiry", ms(t50)),
+        &format!("{} + 10 ms", ms(op)),
+        &format!(
+            "{:.2}",
+            t50.as_secs_f64() / (op + Duration::from_millis(10)).as_secs_f64()
+        ),
+        "<= 1 round trip + 10 ms",
+    );
+
+    const IDLE_WAITERS: usize = 20;
+    let streamed_load = idle_load(&bench, true, IDLE_WAITERS).await?;
+    let polled_load = idle_load(&bench, false, IDLE_WAITERS).await?;
+    row(
+        &format!("5. idle load, {IDLE_WAITERS} waiters on held keys"),
+        &format!("{streamed_load:.3} cmd/s per waiter (change stream)"),
+        &format!("{polled_load:.3} cmd/s per waiter (polling fallback)"),
+        "-",
+        "<= 1 (polling), ~0 (stream)",
+    );
+
+    let (kib, cpu_us, commands) = scale_waiters(&bench).await?;
+    row(
+        "6a. 1,000 waiters on 100 keys",
+        &format!("{kib:.1} KiB and {cpu_us:.2} us CPU/s per waiter"),
+        &format!("{commands:.1} cmd/s in all"),
+        "-",
+        "-",
+    );
+    for workers in [1, 4, 16, 64] {
+        let (throughput, l50, l99) = scale_workers(&bench, workers).await?;
+        row(
+            &format!("6b. {workers} workers on one key"),
+            &format!("{throughput:.0} acquisitions/s"),
+            &format!("acquire latency p50 {} / p99 {}", ms(l50), ms(l99)),
+            "-",
+            "-",
+        );
+    }
+    bench.client().await?.database(&bench.db).drop().await?;
+    Ok(())
+}
