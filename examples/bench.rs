@@ -97,7 +97,7 @@ async fn lock_round_trip(bench: &Bench) -> Result<Duration> {
     Ok(percentile(&mut samples, 0.5))
 }
 
-/// 1. acquire + release against the same two raw driver operations.
+/// Row 1: acquire + release against the same two raw driver operations.
 async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
     const ROUNDS: usize = 300;
     let lock = bench.lock("uncontended").await?;
@@ -150,7 +150,7 @@ async fn manual(lock: &MongoLock, n: u64) -> mongolock::Result<u64> {
     Ok(out)
 }
 
-/// 2. An annotated function against manual acquire/release.
+/// Row 2: An annotated function against manual acquire/release.
 async fn macro_overhead(bench: &Bench) -> Result<(Duration, Duration)> {
     const ROUNDS: u64 = 300;
     let lock = bench.lock("macro").await?;
@@ -205,7 +205,7 @@ async fn handoff(holder: &MongoLock, waiting: &MongoLock, waiters: usize) -> Res
     Ok(samples)
 }
 
-/// 4. How long after a vanished holder's expiry (server time) a waiter
+/// Row 4: How long after a vanished holder's expiry (server time) a waiter
 /// takes the lock.
 async fn takeover(bench: &Bench) -> Result<Vec<Duration>> {
     let lock = bench.lock("takeover").await?;
@@ -225,7 +225,7 @@ async fn takeover(bench: &Bench) -> Result<Vec<Duration>> {
     Ok(samples)
 }
 
-/// 5. Commands per second per waiter while W waiters wait on held keys.
+/// Row 5: Commands per second per waiter while W waiters wait on held keys.
 async fn idle_load(bench: &Bench, streams: bool, waiters: usize) -> Result<f64> {
     let holder = bench.lock("idle").await?;
     let tag = if streams { "s" } else { "p" };
@@ -292,7 +292,7 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// 6a. 1,000 waiting tasks on 100 held keys: memory and CPU per waiter.
+/// Row 6a: 1,000 waiting tasks on 100 held keys: memory and CPU per waiter.
 async fn scale_waiters(bench: &Bench) -> Result<(f64, f64, f64)> {
     const KEYS: usize = 100;
     const WAITERS: usize = 1000;
@@ -338,7 +338,7 @@ async fn scale_waiters(bench: &Bench) -> Result<(f64, f64, f64)> {
     Ok((per_waiter_kib, cpu_per_waiter_us, commands_per_s))
 }
 
-/// 6b. N workers contending for one key: throughput and acquire latency.
+/// Row 6b: N workers contending for one key: throughput and acquire latency.
 async fn scale_workers(bench: &Bench, workers: usize) -> Result<(f64, Duration, Duration)> {
     let lock = bench.lock(&format!("workers{workers}")).await?;
     let window = Duration::from_secs(4);
