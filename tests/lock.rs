@@ -304,34 +304,6 @@ async fn dropped_guard_releases_in_background() {
 }
 
 #[tokio::test]
-async fn keys_are_never_read_as_operators_or_paths() {
-    let lock = fresh_lock("operator_keys").await;
-    let keys = [
-        "$where",
-        "$gt",
-        "a.b",
-        "$owner",
-        "ключ 🔒",
-        "{\"$ne\": null}",
-    ];
-    for key in keys {
-        assert!(lock.lock(key, "$owner").await.unwrap(), "{key}");
-        assert!(!lock.lock(key, "other").await.unwrap(), "{key}");
-        let info = lock.get_lock_info(key).await.unwrap().unwrap();
-        assert_eq!(
-            (info.key.as_str(), info.owner.as_deref()),
-            (key, Some("$owner"))
-        );
-    }
-    let count = lock
-        .collection()
-        .count_documents(Document::new())
-        .await
-        .unwrap();
-    assert_eq!(count, keys.len() as u64);
-}
-
-#[tokio::test]
 async fn mutual_exclusion_under_contention_across_clients() {
     const CLIENTS: usize = 3;
     const TASKS_PER_CLIENT: usize = 6;
@@ -490,67 +462,6 @@ async fn bad_keys_are_refused_by_every_operation() {
         .await
         .unwrap();
     assert_eq!(count, 0, "nothing was written");
-}
-
-#[tokio::test]
-async fn bad_durations_are_refused() {
-    let lock = fresh_lock("bad_durations").await;
-    let too_long = mongolock::MAX_DURATION + Duration::from_secs(1);
-    for expires in [
-        Duration::ZERO,
-        Duration::from_micros(10),
-        too_long,
-        Duration::MAX,
-    ] {
-        let r = lock.lock("k", "o").expires(expires).await;
-        assert!(
-            matches!(
-                r,
-                Err(Error::InvalidDuration {
-                    what: "expires",
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
-        let r = lock.acquire("k").expires(expires).await;
-        assert!(
-            matches!(
-                r,
-                Err(Error::InvalidDuration {
-                    what: "expires",
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
-        let r = lock.touch("k", "o").expires(expires).await;
-        assert!(
-            matches!(
-                r,
-                Err(Error::InvalidDuration {
-                    what: "expires",
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
-    }
-    for timeout in [too_long, Duration::MAX] {
-        let r = lock.acquire("k").timeout(timeout).await;
-        assert!(
-            matches!(
-                r,
-                Err(Error::InvalidDuration {
-                    what: "timeout",
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
-    }
-    // A zero timeout is a single attempt.
-    assert!(lock.lock("k", "o").timeout(Duration::ZERO).await.unwrap());
 }
 
 #[tokio::test]

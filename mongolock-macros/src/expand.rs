@@ -5,7 +5,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, Ident, ItemFn, LitStr, Member, Pat, ReturnType, Stmt};
 
-use crate::args::{Args, Errors, Key, Renew};
+use crate::args::{Args, Errors, Key, Millis, Renew};
 use crate::template::{self, Segment};
 
 /// The whole macro: on any error, the function is emitted unchanged next to
@@ -188,14 +188,20 @@ fn wrap(args: &Args, key: TokenStream, mut func: ItemFn) -> TokenStream {
             }
         },
     };
-    let expires = args.expires.as_ref().map(|m| {
+    let duration = |m: &Millis| {
         let millis = m.millis;
-        quote!(.expires(::core::time::Duration::from_millis(#millis)))
-    });
-    let timeout = args.timeout.as_ref().map(|m| {
-        let millis = m.millis;
-        quote!(.timeout(::core::time::Duration::from_millis(#millis)))
-    });
+        quote!(::core::time::Duration::from_millis(#millis))
+    };
+    let expires = args
+        .expires
+        .as_ref()
+        .map(duration)
+        .map(|d| quote!(.expires(#d)));
+    let timeout = args
+        .timeout
+        .as_ref()
+        .map(duration)
+        .map(|d| quote!(.timeout(#d)));
     let fake_return = quote_spanned! {ret_span=>
         #[allow(
             unknown_lints,
@@ -210,16 +216,17 @@ fn wrap(args: &Args, key: TokenStream, mut func: ItemFn) -> TokenStream {
         }
     };
     let owner = args.owner.as_ref().map(|o| quote!(.owner(#o)));
-    let min_hold = args.min_hold.as_ref().map(|m| {
-        let millis = m.millis;
-        quote!(.min_hold(::core::time::Duration::from_millis(#millis)))
-    });
+    let min_hold = args
+        .min_hold
+        .as_ref()
+        .map(duration)
+        .map(|d| quote!(.min_hold(#d)));
     let renew = match &args.renew {
         None | Some(Renew::Off) => None,
         Some(Renew::On) => Some(quote!(.renew(true))),
         Some(Renew::Every(m)) => {
-            let millis = m.millis;
-            Some(quote!(.renew_every(::core::time::Duration::from_millis(#millis))))
+            let d = duration(m);
+            Some(quote!(.renew_every(#d)))
         }
     };
     let inner = quote! {

@@ -49,8 +49,7 @@ impl Request {
         expires: Duration,
         timeout: Option<Duration>,
     ) -> Result<Self> {
-        validate::key(&key)?;
-        validate::owner(&owner)?;
+        validate::holder(&key, &owner)?;
         let lease_millis = validate::positive_millis("expires", expires)?;
         if let Some(timeout) = timeout {
             validate::bounded("timeout", timeout)?;

@@ -394,8 +394,7 @@ impl IntoFuture for Release {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            validate::key(&self.key)?;
-            validate::owner(&self.owner)?;
+            validate::holder(&self.key, &self.owner)?;
             self.lock
                 .release_held(&self.key, &self.owner, None, 0)
                 .await
@@ -427,8 +426,7 @@ impl IntoFuture for Touch {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            validate::key(&self.key)?;
-            validate::owner(&self.owner)?;
+            validate::holder(&self.key, &self.owner)?;
             let lease = validate::positive_millis("expires", self.expires)?;
             let touched = self
                 .lock

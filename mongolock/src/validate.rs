@@ -46,6 +46,12 @@ pub(crate) fn owner(owner: &str) -> Result<()> {
     })
 }
 
+/// A key and the owner that claims it.
+pub(crate) fn holder(key: &str, owner: &str) -> Result<()> {
+    self::key(key)?;
+    self::owner(owner)
+}
+
 /// A duration that must be at least one millisecond (a lease, an interval),
 /// returned in whole milliseconds.
 pub(crate) fn positive_millis(what: &'static str, duration: Duration) -> Result<i64> {
