@@ -25,6 +25,9 @@ struct Sample {
 #[derive(Debug, Default)]
 pub(crate) struct ServerClock {
     sample: Mutex<Option<Sample>>,
+    /// Held while one waiter asks the server, so a crowd of new waiters
+    /// sends one `hello`, not one each.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// A round trip whose reply carried the server's time.
@@ -105,6 +108,10 @@ impl MongoLock {
         if self.server_clock().fresh().is_some() {
             return;
         }
+        // Another waiter is asking; this one polls until the answer is in.
+        let Ok(_refreshing) = self.server_clock().refreshing.try_lock() else {
+            return;
+        };
         let probe = Probe::start();
         let db = self.collection().client().database("admin");
         match db.run_command(doc! { "hello": 1 }).await {
