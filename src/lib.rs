@@ -183,6 +183,92 @@ pub async fn fresh_lock(name: &str) -> MongoLock {
     MongoLock::with_collection(fresh_collection(name).await)
 }
 
+/// Bookkeeping for exclusion tests that span processes, kept in one
+/// collection: who is inside a critical section, the overlaps seen, and a
+/// counter updated with a deliberately non-atomic read-modify-write, whose
+/// lost updates would show two holders at once.
+#[derive(Debug, Clone)]
+pub struct Witness {
+    state: Collection<Document>,
+}
+
+impl Witness {
+    /// Bookkeeping in `state`.
+    pub fn new(state: Collection<Document>) -> Self {
+        Self { state }
+    }
+
+    /// Enters `scope`'s critical section; counts an overlap if someone else
+    /// is inside.
+    pub async fn enter(&self, scope: &str) -> mongodb::error::Result<()> {
+        let inside = self
+            .state
+            .find_one_and_update(
+                mongodb::bson::doc! { "_id": format!("inside:{scope}") },
+                mongodb::bson::doc! { "$inc": { "n": 1 } },
+            )
+            .upsert(true)
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await?
+            .and_then(|d| d.get_i32("n").ok());
+        if inside != Some(1) {
+            self.state
+                .update_one(
+                    mongodb::bson::doc! { "_id": "overlaps" },
+                    mongodb::bson::doc! { "$inc": { "n": 1 } },
+                )
+                .upsert(true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Adds one to `scope`'s counter by reading it, waiting `hold`, and
+    /// writing it back.
+    pub async fn bump(&self, scope: &str, hold: std::time::Duration) -> mongodb::error::Result<()> {
+        let id = format!("count:{scope}");
+        let count = self.count(scope).await?.unwrap_or(0);
+        tokio::time::sleep(hold).await;
+        self.state
+            .update_one(
+                mongodb::bson::doc! { "_id": id },
+                mongodb::bson::doc! { "$set": { "n": count + 1 } },
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Leaves `scope`'s critical section.
+    pub async fn leave(&self, scope: &str) -> mongodb::error::Result<()> {
+        self.state
+            .update_one(
+                mongodb::bson::doc! { "_id": format!("inside:{scope}") },
+                mongodb::bson::doc! { "$inc": { "n": -1 } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `scope`'s counter.
+    pub async fn count(&self, scope: &str) -> mongodb::error::Result<Option<i64>> {
+        let found = self
+            .state
+            .find_one(mongodb::bson::doc! { "_id": format!("count:{scope}") })
+            .await?;
+        Ok(found.and_then(|d| d.get_i64("n").ok()))
+    }
+
+    /// How many times someone entered a section someone else was in.
+    pub async fn overlaps(&self) -> mongodb::error::Result<i32> {
+        let found = self
+            .state
+            .find_one(mongodb::bson::doc! { "_id": "overlaps" })
+            .await?;
+        Ok(found.and_then(|d| d.get_i32("n").ok()).unwrap_or(0))
+    }
+}
+
 /// The README's examples, compiled as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::{doc, Document};
+use mongodb::bson::doc;
 use mongolock::{mongo_locked, Error, MongoLock};
-use mongolock_suite::{fresh_collection, fresh_lock, server_uri};
+use mongolock_suite::{fresh_collection, fresh_lock, server_uri, Witness};
 use tokio::sync::{oneshot, Barrier};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -215,39 +215,13 @@ const PROCESSES: usize = 4;
 const RUNS_PER_PROCESS: usize = 8;
 
 #[mongo_locked(key = "cross-process", timeout = 120)]
-async fn cross_process_job(state: &mongodb::Collection<Document>) -> Result<(), AppError> {
-    let inside = state
-        .find_one_and_update(doc! { "_id": "inside" }, doc! { "$inc": { "n": 1 } })
-        .upsert(true)
-        .return_document(mongodb::options::ReturnDocument::After)
-        .await
-        .map_err(Error::from)?
-        .and_then(|d| d.get_i32("n").ok());
-    if inside != Some(1) {
-        state
-            .update_one(doc! { "_id": "violations" }, doc! { "$inc": { "n": 1 } })
-            .upsert(true)
-            .await
-            .map_err(Error::from)?;
-    }
-    // Non-atomic read-modify-write, protected by the lock alone.
-    let count = state
-        .find_one(doc! { "_id": "count" })
-        .await
-        .map_err(Error::from)?
-        .and_then(|d| d.get_i64("n").ok())
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    state
-        .update_one(doc! { "_id": "count" }, doc! { "$set": { "n": count + 1 } })
-        .upsert(true)
-        .await
-        .map_err(Error::from)?;
-    state
-        .update_one(doc! { "_id": "inside" }, doc! { "$inc": { "n": -1 } })
-        .await
-        .map_err(Error::from)?;
-    Ok(())
+async fn cross_process_job(witness: &Witness) -> Result<(), AppError> {
+    let run = async {
+        witness.enter("job").await?;
+        witness.bump("job", Duration::from_millis(5)).await?;
+        witness.leave("job").await
+    };
+    Ok(run.await.map_err(Error::from)?)
 }
 
 /// The body of each child process; does nothing in a normal test run.
@@ -262,9 +236,9 @@ async fn child_process_worker() {
         .unwrap();
     let db = client.database(db);
     mongolock::configure(MongoLock::with_collection(db.collection(coll))).unwrap();
-    let state = db.collection::<Document>(&format!("{coll}_state"));
+    let witness = Witness::new(db.collection(&format!("{coll}_state")));
     for _ in 0..RUNS_PER_PROCESS {
-        cross_process_job(&state).await.unwrap();
+        cross_process_job(&witness).await.unwrap();
     }
 }
 
@@ -291,25 +265,15 @@ async fn several_processes_running_the_same_function_never_overlap() {
     for status in futures_util::future::join_all(children).await {
         assert!(status.unwrap().success(), "a child process failed");
     }
-    let state = locks
-        .client()
-        .database(&namespace.db)
-        .collection::<Document>(&format!("{}_state", namespace.coll));
-    let read = |id: &'static str| {
-        let state = state.clone();
-        async move {
-            state
-                .find_one(doc! { "_id": id })
-                .await
-                .unwrap()
-                .and_then(|d| d.get("n").cloned())
-        }
-    };
-    assert_eq!(
-        read("count").await,
-        Some(mongodb::bson::Bson::Int64(
-            (PROCESSES * RUNS_PER_PROCESS) as i64
-        ))
+    let witness = Witness::new(
+        locks
+            .client()
+            .database(&namespace.db)
+            .collection(&format!("{}_state", namespace.coll)),
     );
-    assert_eq!(read("violations").await, None, "two holders at once");
+    assert_eq!(
+        witness.count("job").await.unwrap(),
+        Some((PROCESSES * RUNS_PER_PROCESS) as i64)
+    );
+    assert_eq!(witness.overlaps().await.unwrap(), 0, "two holders at once");
 }

@@ -11,7 +11,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
 use mongolock::MongoLock;
-use mongolock_suite::{fail_command, LocalServer};
+use mongolock_suite::{fail_command, LocalServer, Witness};
 use rand::Rng;
 use tokio::io::AsyncBufReadExt;
 
@@ -53,6 +53,7 @@ async fn worker_process(uri: &str, app: &str) {
     let mut tasks = Vec::new();
     for _ in 0..TASKS {
         let (lock, state, log) = (lock.clone(), state.clone(), log.clone());
+        let witness = Witness::new(state.clone());
         tasks.push(tokio::spawn(async move {
             let mut done = 0;
             while done < ROUNDS {
@@ -73,7 +74,16 @@ async fn worker_process(uri: &str, app: &str) {
                 else {
                     continue; // an injected fault: try again
                 };
-                critical_section(&state, &log, &key, guard.token(), guard.owner(), hold).await;
+                critical_section(
+                    &witness,
+                    &log,
+                    &state,
+                    &key,
+                    guard.token(),
+                    guard.owner(),
+                    hold,
+                )
+                .await;
                 done += 1;
                 let _ = guard.release().await; // a failed release expires
             }
@@ -85,31 +95,16 @@ async fn worker_process(uri: &str, app: &str) {
 }
 
 async fn critical_section(
-    state: &Collection<Document>,
+    witness: &Witness,
     log: &Collection<Document>,
+    seq: &Collection<Document>,
     key: &str,
     token: i64,
     owner: &str,
     hold: Duration,
 ) {
-    let inside = state
-        .find_one_and_update(
-            doc! { "_id": format!("inside:{key}") },
-            doc! { "$inc": { "n": 1 } },
-        )
-        .upsert(true)
-        .return_document(mongodb::options::ReturnDocument::After)
-        .await
-        .unwrap()
-        .and_then(|d| d.get_i32("n").ok());
-    if inside != Some(1) {
-        state
-            .update_one(doc! { "_id": "violations" }, doc! { "$inc": { "n": 1 } })
-            .upsert(true)
-            .await
-            .unwrap();
-    }
-    let seq = state
+    witness.enter(key).await.unwrap();
+    let seq = seq
         .find_one_and_update(doc! { "_id": "seq" }, doc! { "$inc": { "n": 1_i64 } })
         .upsert(true)
         .return_document(mongodb::options::ReturnDocument::After)
@@ -119,29 +114,8 @@ async fn critical_section(
     log.insert_one(doc! { "key": key, "token": token, "owner": owner, "seq": seq })
         .await
         .unwrap();
-    // Non-atomic read-modify-write under the lock.
-    let count = state
-        .find_one(doc! { "_id": format!("count:{key}") })
-        .await
-        .unwrap()
-        .and_then(|d| d.get_i64("n").ok())
-        .unwrap_or(0);
-    tokio::time::sleep(hold).await;
-    state
-        .update_one(
-            doc! { "_id": format!("count:{key}") },
-            doc! { "$set": { "n": count + 1 } },
-        )
-        .upsert(true)
-        .await
-        .unwrap();
-    state
-        .update_one(
-            doc! { "_id": format!("inside:{key}") },
-            doc! { "$inc": { "n": -1 } },
-        )
-        .await
-        .unwrap();
+    witness.bump(key, hold).await.unwrap();
+    witness.leave(key).await.unwrap();
 }
 
 /// The child side of both tests; does nothing in a normal run.
@@ -248,24 +222,18 @@ async fn processes_under_faults_never_overlap_and_tokens_grow() {
         }
         *per_key.entry(key).or_default() += 1;
     }
+    let witness = Witness::new(state);
     for (key, acquisitions) in &per_key {
-        let count = state
-            .find_one(doc! { "_id": format!("count:{key}") })
-            .await
-            .unwrap()
-            .and_then(|d| d.get_i64("n").ok());
+        let count = witness.count(key).await.unwrap();
         assert_eq!(count, Some(*acquisitions), "lost updates on {key}");
     }
-    let violations = state.find_one(doc! { "_id": "violations" }).await.unwrap();
+    let overlaps = witness.overlaps().await.unwrap();
     println!(
         "torture: {PROCESSES} processes x {TASKS} tasks, {} acquisitions on {KEYS} keys, \
-         {injected} faults armed, {} overlapping holders",
+         {injected} faults armed, {overlaps} overlapping holders",
         entries.len(),
-        violations
-            .as_ref()
-            .map_or(0, |d| d.get_i32("n").unwrap_or(0))
     );
-    assert_eq!(violations, None, "two holders of one key at once");
+    assert_eq!(overlaps, 0, "two holders of one key at once");
 }
 
 #[tokio::test]
