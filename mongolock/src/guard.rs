@@ -136,7 +136,7 @@ impl LockGuard {
         self.lost_error(reason)
     }
 
-    pub(crate) fn lost_error(&self, reason: &str) -> Error {
+    fn lost_error(&self, reason: &str) -> Error {
         Error::LockLost {
             key: self.info.key.clone(),
             owner: self.owner.clone(),

@@ -17,7 +17,7 @@ const LAST_ATTEMPT_GRACE: Duration = Duration::from_millis(500);
 
 /// With a change stream open, a waiter still rechecks this often, in case
 /// an event was lost.
-pub(crate) const STREAM_RECHECK: Duration = Duration::from_secs(30);
+const STREAM_RECHECK: Duration = Duration::from_secs(30);
 
 /// Exponential backoff with jitter between a floor and a cap.
 ///
@@ -121,14 +121,13 @@ impl MongoLock {
                     timeout,
                 })??;
             let now = Instant::now();
-            let Attempt::Busy(ref holder) = attempt else {
-                log_outcome(req, &attempt);
-                return Ok(attempt);
+            let holder = match &attempt {
+                Attempt::Busy(holder) if now < deadline => holder,
+                _ => {
+                    log_outcome(req, &attempt);
+                    return Ok(attempt);
+                }
             };
-            if now >= deadline {
-                log_outcome(req, &attempt);
-                return Ok(attempt);
-            }
             let wake_at = self
                 .next_wake(holder, &mut polls, &mut late, now)
                 .await
@@ -189,8 +188,7 @@ mod tests {
 
     #[test]
     fn delays_stay_within_floor_and_cap() {
-        let b = Backoff::new(Duration::from_millis(3), Duration::from_millis(40)).ok();
-        let b = b.unwrap_or_default();
+        let b = Backoff::new(Duration::from_millis(3), Duration::from_millis(40)).expect("valid");
         for retry in 0..100 {
             let d = b.delay(retry);
             assert!(d >= b.floor() && d <= b.cap(), "{retry}: {d:?}");
