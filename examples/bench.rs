@@ -225,47 +225,6 @@ async fn takeover(bench: &Bench) -> Result<Vec<Duration>> {
     Ok(samples)
 }
 
-/// Row 5: Commands per second per waiter while W waiters wait on held keys.
-async fn idle_load(bench: &Bench, streams: bool, waiters: usize) -> Result<f64> {
-    let holder = bench.lock("idle").await?;
-    let tag = if streams { "s" } else { "p" };
-    let mut guards = Vec::new();
-    for i in 0..waiters {
-        guards.push(
-            holder
-                .acquire(format!("{tag}{i}"))
-                .expires(Duration::from_secs(120))
-                .await?,
-        );
-    }
-    let (client, count) = bench.counted_client().await?;
-    let lock = MongoLock::with_collection(client.database(&bench.db).collection("idle"))
-        .with_change_streams(streams);
-    let mut tasks = Vec::new();
-    for i in 0..waiters {
-        let lock = lock.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = lock
-                .acquire(format!("{tag}{i}"))
-                .timeout(Duration::from_secs(60))
-                .await;
-        }));
-    }
-    // Settle: first attempts, stream opening, backoff reaching its cap.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = count.load(Ordering::Relaxed);
-    let window = Duration::from_secs(10);
-    tokio::time::sleep(window).await;
-    let commands = count.load(Ordering::Relaxed) - before;
-    for task in tasks {
-        task.abort();
-    }
-    for guard in guards {
-        guard.release().await?;
-    }
-    Ok(commands as f64 / window.as_secs_f64() / waiters as f64)
-}
-
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -292,33 +251,48 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// Row 6a: 1,000 waiting tasks on 100 held keys: memory and CPU per waiter.
-async fn scale_waiters(bench: &Bench) -> Result<(f64, f64, f64)> {
-    const KEYS: usize = 100;
-    const WAITERS: usize = 1000;
-    let holder = bench.lock("scale").await?;
+/// What `waiters` blocked waiters cost, spread over `keys` held keys.
+struct Blocked {
+    commands_per_s: f64,
+    kib_per_waiter: f64,
+    cpu_us_per_waiter_s: f64,
+}
+
+/// Rows 5 and 6a: holds `keys` keys, starts `waiters` waiters on them (on a
+/// client whose commands are counted), lets them settle, then measures the
+/// commands they send, and the memory and CPU they cost this process.
+async fn blocked_waiters(
+    bench: &Bench,
+    name: &str,
+    keys: usize,
+    waiters: usize,
+    streams: bool,
+) -> Result<Blocked> {
+    let holder = bench.lock(name).await?;
     let mut guards = Vec::new();
-    for k in 0..KEYS {
+    for k in 0..keys {
         guards.push(
             holder
-                .acquire(format!("s{k}"))
+                .acquire(format!("k{k}"))
                 .expires(Duration::from_secs(120))
                 .await?,
         );
     }
     let (client, count) = bench.counted_client().await?;
-    let lock = MongoLock::with_collection(client.database(&bench.db).collection("scale"));
+    let lock = MongoLock::with_collection(client.database(&bench.db).collection(name))
+        .with_change_streams(streams);
     let rss_before = rss_kib();
     let mut tasks = Vec::new();
-    for w in 0..WAITERS {
+    for w in 0..waiters {
         let lock = lock.clone();
         tasks.push(tokio::spawn(async move {
             let _ = lock
-                .acquire(format!("s{}", w % KEYS))
+                .acquire(format!("k{}", w % keys))
                 .timeout(Duration::from_secs(60))
                 .await;
         }));
     }
+    // Settle: first attempts, stream opening, backoff reaching its cap.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_after = rss_kib();
     let (cpu0, commands0) = (cpu_time(), count.load(Ordering::Relaxed));
@@ -332,10 +306,11 @@ async fn scale_waiters(bench: &Bench) -> Result<(f64, f64, f64)> {
     for guard in guards {
         guard.release().await?;
     }
-    let per_waiter_kib = rss_after.saturating_sub(rss_before) as f64 / WAITERS as f64;
-    let cpu_per_waiter_us = cpu.as_secs_f64() * 1e6 / window.as_secs_f64() / WAITERS as f64;
-    let commands_per_s = commands as f64 / window.as_secs_f64();
-    Ok((per_waiter_kib, cpu_per_waiter_us, commands_per_s))
+    Ok(Blocked {
+        commands_per_s: commands as f64 / window.as_secs_f64(),
+        kib_per_waiter: rss_after.saturating_sub(rss_before) as f64 / waiters as f64,
+        cpu_us_per_waiter_s: cpu.as_secs_f64() * 1e6 / window.as_secs_f64() / waiters as f64,
+    })
 }
 
 /// Row 6b: N workers contending for one key: throughput and acquire latency.
@@ -420,7 +395,8 @@ async fn main() -> Result<()> {
         ("other client, change stream", 1),
         ("fixed 100 ms polling", 1),
     ];
-    let mut p50s = Vec::new();
+    // The change-stream figure with the same number of waiters, for the ratio.
+    let mut stream_p50 = Duration::ZERO;
     for (name, waiters) in variants {
         // One variant's change stream at a time: each costs the server.
         let waiting = match name {
@@ -434,12 +410,14 @@ async fn main() -> Result<()> {
             percentile(&mut samples, 0.5),
             percentile(&mut samples, 0.99),
         );
-        p50s.push(p50);
+        if name == "other client, change stream" {
+            stream_p50 = p50;
+        }
         let polled = name.contains("polling");
         let ratio = if polled {
             format!(
                 "{:.1}x slower",
-                p50.as_secs_f64() / p50s[0].as_secs_f64().max(1e-9)
+                p50.as_secs_f64() / stream_p50.as_secs_f64().max(1e-9)
             )
         } else {
             format!(
@@ -474,21 +452,31 @@ async fn main() -> Result<()> {
     );
 
     const IDLE_WAITERS: usize = 20;
-    let streamed_load = idle_load(&bench, true, IDLE_WAITERS).await?;
-    let polled_load = idle_load(&bench, false, IDLE_WAITERS).await?;
+    let streamed = blocked_waiters(&bench, "idle_stream", IDLE_WAITERS, IDLE_WAITERS, true).await?;
+    let polled = blocked_waiters(&bench, "idle_poll", IDLE_WAITERS, IDLE_WAITERS, false).await?;
+    let per_waiter = |b: &Blocked| b.commands_per_s / IDLE_WAITERS as f64;
     row(
         &format!("5. idle load, {IDLE_WAITERS} waiters on held keys"),
-        &format!("{streamed_load:.3} cmd/s per waiter (change stream)"),
-        &format!("{polled_load:.3} cmd/s per waiter (polling fallback)"),
+        &format!(
+            "{:.3} cmd/s per waiter (change stream)",
+            per_waiter(&streamed)
+        ),
+        &format!(
+            "{:.3} cmd/s per waiter (polling fallback)",
+            per_waiter(&polled)
+        ),
         "-",
         "<= 1 (polling), ~0 (stream)",
     );
 
-    let (kib, cpu_us, commands) = scale_waiters(&bench).await?;
+    let scale = blocked_waiters(&bench, "scale", 100, 1000, true).await?;
     row(
         "6a. 1,000 waiters on 100 keys",
-        &format!("{kib:.1} KiB and {cpu_us:.2} us CPU/s per waiter"),
-        &format!("{commands:.1} cmd/s in all"),
+        &format!(
+            "{:.1} KiB and {:.2} us CPU/s per waiter",
+            scale.kib_per_waiter, scale.cpu_us_per_waiter_s
+        ),
+        &format!("{:.1} cmd/s in all", scale.commands_per_s),
         "-",
         "-",
     );
