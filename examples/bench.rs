@@ -122,17 +122,14 @@ async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
         let taken = coll
             .find_one_and_update(
                 raw::by_key(&key),
-                raw::acquire_pipeline(&owner, lease as i64),
+                raw::acquire_pipeline(&owner, "raw", lease as i64),
             )
             .upsert(true)
             .return_document(ReturnDocument::After)
             .await?
             .and_then(|d| d.get_i64("token").ok());
-        coll.update_one(
-            raw::by_holder(&key, &owner, taken),
-            raw::release_pipeline(0),
-        )
-        .await?;
+        coll.update_one(raw::by_holder(&key, &owner, taken), raw::release_update(0))
+            .await?;
         raw_times.push(start.elapsed());
     }
     Ok((percentile(&mut ours, 0.5), percentile(&mut raw_times, 0.5)))

@@ -38,6 +38,10 @@ pub(crate) enum Attempt {
 pub(crate) struct Request {
     pub(crate) key: String,
     pub(crate) owner: String,
+    /// Which acquisition this is: empty for the Python-shaped
+    /// `lock(key, owner)`, which re-enters any lock of the same owner; unique
+    /// for `acquire()`, whose guard never shares a lock with another.
+    pub(crate) claim: String,
     pub(crate) lease_millis: i64,
     pub(crate) timeout: Option<Duration>,
 }
@@ -46,6 +50,7 @@ impl Request {
     pub(crate) fn new(
         key: String,
         owner: String,
+        claim: String,
         expires: Duration,
         timeout: Option<Duration>,
     ) -> Result<Self> {
@@ -57,6 +62,7 @@ impl Request {
         Ok(Self {
             key,
             owner,
+            claim,
             lease_millis,
             // A zero timeout is the single attempt of no timeout.
             timeout: timeout.filter(|t| !t.is_zero()),
@@ -68,7 +74,7 @@ impl MongoLock {
     /// One atomic attempt: a single `findOneAndUpdate` round trip, repeated
     /// at once only if a concurrent first upsert raced it.
     pub(crate) async fn attempt(&self, req: &Request) -> Result<Attempt> {
-        self.ensure_ttl_index().await;
+        self.ensure_ttl_index().await?;
         let mut retries = 0;
         loop {
             let probe = Probe::start();
@@ -76,7 +82,7 @@ impl MongoLock {
                 .collection()
                 .find_one_and_update(
                     query::by_key(&req.key),
-                    query::acquire_pipeline(&req.owner, req.lease_millis),
+                    query::acquire_pipeline(&req.owner, &req.claim, req.lease_millis),
                 )
                 .upsert(true)
                 .return_document(ReturnDocument::After)
@@ -84,7 +90,10 @@ impl MongoLock {
             match result {
                 Ok(Some(doc)) => {
                     let info = LockInfo::from_document(&doc)?;
-                    return Ok(if info.owner.as_deref() == Some(req.owner.as_str()) {
+                    let claim = doc.get_str(query::CLAIM).unwrap_or_default();
+                    let ours =
+                        info.owner.as_deref() == Some(req.owner.as_str()) && claim == req.claim;
+                    return Ok(if ours {
                         // expires_at - lease is the server's $$NOW at the write.
                         let server_now = info.expires_at.timestamp_millis() - req.lease_millis;
                         self.server_clock()
@@ -172,7 +181,13 @@ impl IntoFuture for Lock {
         let span = tracing::debug_span!("mongolock.acquire", key = %self.key, owner = %self.owner);
         Box::pin(
             async move {
-                let req = Request::new(self.key, self.owner, self.expires, self.timeout)?;
+                let req = Request::new(
+                    self.key,
+                    self.owner,
+                    String::new(),
+                    self.expires,
+                    self.timeout,
+                )?;
                 let attempt = self.lock.attempt_until(&req).await?;
                 Ok(matches!(attempt, Attempt::Acquired { .. }))
             }
@@ -213,6 +228,10 @@ impl Acquire {
     /// The owner token to store. Default: a unique one per acquisition
     /// (`host:pid:random`), which is what you want unless another system
     /// must recognise the holder.
+    ///
+    /// Unlike [`MongoLock::lock`], a guard never shares a lock with another
+    /// acquisition of the same owner: a second `acquire` while the first
+    /// guard holds the key waits or fails with [`Error::Locked`].
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
         self
@@ -268,7 +287,8 @@ impl IntoFuture for Acquire {
         let span = tracing::debug_span!("mongolock.acquire", key = %self.key, owner = %owner);
         Box::pin(
             async move {
-                let req = Request::new(self.key, owner, self.expires, self.timeout)?;
+                let claim = format!("{:016x}", rand::random::<u64>());
+                let req = Request::new(self.key, owner, claim, self.expires, self.timeout)?;
                 let min_hold_millis = validate::bounded("min_hold", self.min_hold)?;
                 let renew_every = match (self.renew, self.renew_every) {
                     (false, _) => None,

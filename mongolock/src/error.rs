@@ -49,9 +49,12 @@ pub enum Error {
         reason: String,
     },
 
-    /// The server did not answer an attempt before the timeout ran out (it
-    /// may be paused, failing over or unreachable). An attempt cut short may
-    /// still be applied by the server later; its lease then runs out.
+    /// The server did not answer in time: a wait's deadline passed while an
+    /// attempt was under way, or a single round trip outlasted the
+    /// [operation timeout](crate::MongoLock::with_operation_timeout) (the
+    /// server may be paused, failing over or unreachable). An operation cut
+    /// short may still be applied by the server later; a lease it took then
+    /// runs out.
     #[error("no answer from MongoDB for lock {key:?} within the timeout of {timeout:?}")]
     TimedOut {
         /// The key that was asked for.
@@ -115,6 +118,39 @@ pub enum Error {
     /// The MongoDB driver or server reported an error.
     #[error("MongoDB error: {0}")]
     Mongo(#[from] mongodb::error::Error),
+}
+
+impl Error {
+    /// Whether the error may pass by itself (a lost connection, an
+    /// election, a write concern not met in time), so that a waiter with
+    /// time left tries again rather than giving up.
+    pub(crate) fn is_transient(&self) -> bool {
+        use mongodb::error::{ErrorKind, WriteFailure};
+        /// Network, "not primary", "shutting down", interrupted, and
+        /// time-limit codes: what an election or a slow majority looks like.
+        const TRANSIENT_CODES: [i32; 15] = [
+            6, 7, 50, 64, 89, 91, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436,
+        ];
+        match self {
+            Error::TimedOut { .. } => true,
+            Error::Mongo(e) => {
+                e.contains_label("RetryableWriteError")
+                    || e.contains_label("TransientTransactionError")
+                    || match e.kind.as_ref() {
+                        ErrorKind::Io(_)
+                        | ErrorKind::ConnectionPoolCleared { .. }
+                        | ErrorKind::ServerSelection { .. } => true,
+                        ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
+                        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+                        ErrorKind::Write(WriteFailure::WriteError(w)) => {
+                            TRANSIENT_CODES.contains(&w.code)
+                        }
+                        _ => false,
+                    }
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The crate's result type.

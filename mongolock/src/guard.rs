@@ -26,17 +26,20 @@ pub(crate) struct Held {
 }
 
 /// A held lock. Release it with [`release`](Self::release); dropping it
-/// unreleased inside a tokio runtime releases it in the background, and
-/// elsewhere the lease simply runs out.
+/// unreleased inside a tokio runtime releases it in the background (await
+/// [`MongoLock::finish_releases`] before the runtime ends), and elsewhere the
+/// lease simply runs out.
 ///
 /// Renewals and the release check both the owner and this acquisition's
 /// fencing token, so a guard can never extend or free a later holder's lock,
 /// even one that reuses its owner name.
 ///
 /// The guard also keeps a local, conservative view of the lease: it counts
-/// the lease from when the acquiring (or renewing) request was *sent*, so
-/// [`is_lost`](Self::is_lost) turns true no later than the server lets
-/// another worker in.
+/// the lease from when the acquiring (or renewing) request was *sent*, and
+/// ends it a [drift allowance](MongoLock::drift_allowance) early, so
+/// [`is_lost`](Self::is_lost) turns true before the server lets another
+/// worker in, as long as the servers' clocks are within the
+/// [maximum clock skew](MongoLock::with_max_clock_skew) of each other.
 ///
 /// ```no_run
 /// # async fn demo(lock: mongolock::MongoLock) -> mongolock::Result<()> {
@@ -69,7 +72,7 @@ pub struct LockGuard {
 impl LockGuard {
     pub(crate) fn new(lock: MongoLock, info: LockInfo, held: Held) -> Self {
         let owner = info.owner.clone().unwrap_or_default();
-        let lease = Lease::new(held.sent, held.lease);
+        let lease = Lease::new(held.sent, lock.local_lease(held.lease));
         let renewal = held.renew_every.map(|interval| {
             Renewal {
                 lock: lock.clone(),
@@ -156,7 +159,7 @@ impl LockGuard {
         Ok(match touched {
             Some(info) => {
                 self.info = info;
-                self.lease.extend(sent, expires);
+                self.lease.extend(sent, self.lock.local_lease(expires));
                 true
             }
             None => {
@@ -168,17 +171,22 @@ impl LockGuard {
 
     /// Releases the lock (keeping it until the minimum hold, if one was
     /// set). Resolves to `false` if this acquisition no longer held it.
+    ///
+    /// If the release fails, or this future is dropped before it is done,
+    /// the guard's drop releases in the background once more.
     pub async fn release(mut self) -> Result<bool> {
-        self.released = true;
         self.stop_renewal();
-        self.lock
+        let result = self
+            .lock
             .release_held(
                 self.key(),
                 &self.owner,
                 Some(self.info.token),
                 self.min_hold_millis,
             )
-            .await
+            .await;
+        self.released = result.is_ok();
+        result
     }
 
     fn stop_renewal(&mut self) {
@@ -194,18 +202,11 @@ impl Drop for LockGuard {
         if self.released {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(key = %self.info.key, "mongolock guard dropped outside a runtime; the lease will run out");
-            return;
-        };
-        let lock = self.lock.clone();
-        let key = std::mem::take(&mut self.info.key);
-        let owner = std::mem::take(&mut self.owner);
-        let (token, min_hold) = (self.info.token, self.min_hold_millis);
-        runtime.spawn(async move {
-            if let Err(error) = lock.release_held(&key, &owner, Some(token), min_hold).await {
-                tracing::warn!(%key, %owner, %error, "mongolock release on drop failed; the lease will run out");
-            }
-        });
+        let filter = crate::query::by_holder(&self.info.key, &self.owner, Some(self.info.token));
+        self.lock.release_in_background(
+            std::mem::take(&mut self.info.key),
+            filter,
+            self.min_hold_millis,
+        );
     }
 }

@@ -3,7 +3,7 @@
 use mongodb::bson::{DateTime, Document};
 
 use crate::error::{Error, Result};
-use crate::query::{ACQUIRED_AT, EXPIRES_AT, OWNER, TOKEN};
+use crate::query::{ACQUIRED_AT, EXPIRES_AT, OWNER, PY_CREATED, PY_EXPIRE, PY_LOCKED, TOKEN};
 
 /// A lock document as the server wrote it.
 ///
@@ -23,7 +23,8 @@ pub struct LockInfo {
     pub expires_at: DateTime,
     /// The fencing token of the current or last acquisition. It grows with
     /// every acquisition of this key and never goes back, even after the
-    /// document has been cleaned up and recreated.
+    /// document has been cleaned up and recreated. 0 for a lock the Python
+    /// package `mongolock` took, which has no token.
     pub token: i64,
 }
 
@@ -41,13 +42,24 @@ impl LockInfo {
                     .to_owned(),
             ),
         };
-        let acquired_at = doc.get_datetime(ACQUIRED_AT).ok().copied();
-        let expires_at = *doc
-            .get_datetime(EXPIRES_AT)
-            .map_err(|_| corrupt(doc, "`expires_at` is missing or not a date"))?;
-        let token = doc
-            .get_i64(TOKEN)
-            .map_err(|_| corrupt(doc, "`token` is missing or not a 64-bit integer"))?;
+        let acquired_at = doc
+            .get_datetime(ACQUIRED_AT)
+            .or_else(|_| doc.get_datetime(PY_CREATED))
+            .ok()
+            .copied();
+        let expires_at = match doc.get_datetime(EXPIRES_AT) {
+            Ok(ours) => *ours,
+            Err(_) => python_expiry(doc)
+                .ok_or_else(|| corrupt(doc, "`expires_at` is missing or not a date"))?,
+        };
+        // A lock the Python package wrote and this crate never took has no
+        // token yet; its first acquisition here gets one.
+        let token = match doc.get(TOKEN) {
+            None => 0,
+            Some(_) => doc
+                .get_i64(TOKEN)
+                .map_err(|_| corrupt(doc, "`token` is not a 64-bit integer"))?,
+        };
         Ok(Self {
             key,
             owner,
@@ -55,6 +67,18 @@ impl LockInfo {
             expires_at,
             token,
         })
+    }
+}
+
+/// The lease end of a document only the Python package `mongolock` wrote:
+/// its `expire` (set by its client's clock), or never while it is `locked`
+/// without one; `None` if it has neither field.
+fn python_expiry(doc: &Document) -> Option<DateTime> {
+    let locked = doc.get_bool(PY_LOCKED).ok()?;
+    match doc.get_datetime(PY_EXPIRE) {
+        Ok(expire) => Some(*expire),
+        Err(_) if locked => Some(DateTime::MAX),
+        Err(_) => Some(DateTime::MIN),
     }
 }
 
@@ -78,6 +102,34 @@ mod tests {
         })
         .ok();
         assert_eq!(info.map(|i| (i.owner, i.token)), Some((None, 3)));
+    }
+
+    #[test]
+    fn python_package_lock_reads_as_held_until_its_expire() {
+        let info = LockInfo::from_document(&doc! {
+            "_id": "k", "locked": true, "owner": "py", "created": DateTime::from_millis(1),
+            "expire": DateTime::from_millis(9),
+        })
+        .unwrap();
+        assert_eq!(
+            (
+                info.owner.as_deref(),
+                info.acquired_at,
+                info.expires_at,
+                info.token
+            ),
+            (
+                Some("py"),
+                Some(DateTime::from_millis(1)),
+                DateTime::from_millis(9),
+                0
+            )
+        );
+        let forever = LockInfo::from_document(&doc! {
+            "_id": "k", "locked": true, "owner": "py", "expire": null,
+        })
+        .unwrap();
+        assert_eq!(forever.expires_at, DateTime::MAX);
     }
 
     #[test]

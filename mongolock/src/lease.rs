@@ -18,8 +18,9 @@ pub(crate) const TAKEN: &str = "a renewal found another owner or no lock";
 /// Shared by a guard and its renewal task.
 ///
 /// The deadline is counted from when the acquiring or renewing request was
-/// *sent*: the server starts the lease later than that, so this view is
-/// never more optimistic than the server's.
+/// *sent*, over the lease less the drift allowance
+/// ([`MongoLock::local_lease`]): the server starts the lease later than
+/// that, so this view ends before the server's.
 #[derive(Debug)]
 pub(crate) struct Lease {
     deadline: Mutex<Instant>,
@@ -117,7 +118,7 @@ impl Renewal {
                     .touch_held(&self.key, &self.owner, Some(self.token), lease_millis);
             match tokio::time::timeout(remaining, renewal).await {
                 Ok(Ok(Some(_))) => {
-                    state.extend(sent, self.lease);
+                    state.extend(sent, self.lock.local_lease(self.lease));
                     failures = 0;
                     next = sent + self.interval;
                     tracing::debug!(key = %self.key, owner = %self.owner, "mongolock renewed");

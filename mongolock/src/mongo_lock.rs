@@ -27,6 +27,20 @@ pub const DEFAULT_EXPIRES: Duration = Duration::from_secs(60);
 /// How long after its lease ended a lock document is deleted by the TTL
 /// index, unless changed with [`MongoLock::with_cleanup_after`].
 pub const DEFAULT_CLEANUP_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+/// The shortest [`MongoLock::with_cleanup_after`] accepted. A deleted
+/// document takes its fencing token with it; the next token is made from the
+/// server's clock, which must not have fallen behind the clock that stamped
+/// the old one by more than this (see [`MongoLock::with_max_clock_skew`]).
+pub const MIN_CLEANUP_AFTER: Duration = Duration::from_secs(60);
+/// How far apart the clocks of the servers that stamp `$$NOW` (the primary
+/// of each replica set over time, every `mongos`) may be, unless changed with
+/// [`MongoLock::with_max_clock_skew`]. NTP keeps hosts of one network within
+/// a few milliseconds; this leaves a margin of ten.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_millis(50);
+/// How long one server round trip that has no deadline of its own may take,
+/// unless changed with [`MongoLock::with_operation_timeout`]: the driver's
+/// default server selection timeout.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 const TTL_INDEX_NAME: &str = "mongolock_expires_at_ttl";
 
@@ -58,40 +72,58 @@ pub struct MongoLock {
 
 struct Inner {
     collection: Collection<Document>,
-    backoff: Backoff,
-    cleanup_after: Duration,
+    settings: Settings,
     ttl_index: tokio::sync::OnceCell<()>,
     wakeups: Arc<Wakeups>,
     clock: ServerClock,
+    releases: Arc<PendingReleases>,
 }
 
 /// Settings kept when a `with_*` method makes a new `MongoLock`.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Settings {
     backoff: Backoff,
     cleanup_after: Duration,
     change_streams: bool,
+    max_clock_skew: Duration,
+    operation_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            cleanup_after: DEFAULT_CLEANUP_AFTER,
+            change_streams: true,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+        }
+    }
 }
 
 impl std::fmt::Debug for MongoLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MongoLock")
             .field("namespace", &self.inner.collection.namespace().to_string())
-            .field("backoff", &self.inner.backoff)
-            .field("cleanup_after", &self.inner.cleanup_after)
-            .field("change_streams", &self.inner.wakeups.enabled())
+            .field("settings", &self.inner.settings)
             .finish()
     }
 }
 
 impl MongoLock {
     /// Locks in database `mongolock`, collection `lock`, written with
-    /// majority write concern so that an acquisition survives a failover.
+    /// majority write concern so that an acquisition survives a failover. A
+    /// write the majority does not confirm within
+    /// [`DEFAULT_OPERATION_TIMEOUT`] fails rather than hangs.
     pub fn new(client: &Client) -> Self {
+        let write_concern = WriteConcern::builder()
+            .w(mongodb::options::Acknowledgment::Majority)
+            .w_timeout(DEFAULT_OPERATION_TIMEOUT)
+            .build();
         let collection = client.database(DEFAULT_DATABASE).collection_with_options(
             DEFAULT_COLLECTION,
             mongodb::options::CollectionOptions::builder()
-                .write_concern(WriteConcern::majority())
+                .write_concern(write_concern)
                 .build(),
         );
         Self::with_collection(collection)
@@ -116,22 +148,12 @@ impl MongoLock {
     /// preference. Use majority write concern on replica sets; with a weaker
     /// one a failover can forget an acquisition.
     pub fn with_collection(collection: Collection<Document>) -> Self {
-        Self::from_parts(
-            collection,
-            Settings {
-                backoff: Backoff::default(),
-                cleanup_after: DEFAULT_CLEANUP_AFTER,
-                change_streams: true,
-            },
-        )
+        Self::from_parts(collection, Settings::default())
     }
 
-    fn settings(&self) -> Settings {
-        Settings {
-            backoff: self.inner.backoff,
-            cleanup_after: self.inner.cleanup_after,
-            change_streams: self.inner.wakeups.enabled(),
-        }
+    /// A new `MongoLock` on the same collection with changed settings.
+    fn with_settings(self, settings: Settings) -> Self {
+        Self::from_parts(self.inner.collection.clone(), settings)
     }
 
     /// The same locks, polling with `backoff` when no change stream tells
@@ -139,9 +161,9 @@ impl MongoLock {
     pub fn with_backoff(self, backoff: Backoff) -> Self {
         let settings = Settings {
             backoff,
-            ..self.settings()
+            ..self.inner.settings
         };
-        Self::from_parts(self.inner.collection.clone(), settings)
+        self.with_settings(settings)
     }
 
     /// The same locks, with waiters woken by a change stream (`true`, the
@@ -150,39 +172,95 @@ impl MongoLock {
     pub fn with_change_streams(self, enabled: bool) -> Self {
         let settings = Settings {
             change_streams: enabled,
-            ..self.settings()
+            ..self.inner.settings
         };
-        Self::from_parts(self.inner.collection.clone(), settings)
+        self.with_settings(settings)
     }
 
     /// The same locks, with lock documents deleted `after` their lease ended
-    /// (default [`DEFAULT_CLEANUP_AFTER`]). Deleting a document never resets
-    /// its key's fencing token.
+    /// (default [`DEFAULT_CLEANUP_AFTER`], at least [`MIN_CLEANUP_AFTER`], and
+    /// longer than the [maximum clock skew](Self::with_max_clock_skew)).
+    ///
+    /// A deleted document takes its fencing token with it, and the next
+    /// acquisition starts from the server's clock (in microseconds of
+    /// millisecond resolution). Tokens therefore keep growing across a
+    /// deletion as long as no server clock is behind by more than `after`.
     pub fn with_cleanup_after(self, after: Duration) -> Result<Self> {
-        validate::positive_millis("cleanup_after", after)?;
-        if after < Duration::from_secs(1) {
-            return Err(Error::InvalidDuration {
-                what: "cleanup_after",
-                duration: after,
-                reason: "TTL indexes count whole seconds: use at least 1 second",
-            });
-        }
         let settings = Settings {
             cleanup_after: after,
-            ..self.settings()
+            ..self.inner.settings
         };
-        Ok(Self::from_parts(self.inner.collection.clone(), settings))
+        validate_clocks(&settings)?;
+        Ok(self.with_settings(settings))
+    }
+
+    /// The same locks, assuming the clocks of the servers that stamp
+    /// `$$NOW` are at most `skew` apart (default
+    /// [`DEFAULT_MAX_CLOCK_SKEW`]). Those are the primary of a replica set
+    /// (a failover hands the decision to another host's clock) and, on a
+    /// sharded cluster, every `mongos`.
+    ///
+    /// A holder treats its lease as ended [`drift_allowance`] early, so it
+    /// knows it lost the lock before any server can let another worker in.
+    /// `skew` must be shorter than the cleanup delay.
+    ///
+    /// [`drift_allowance`]: Self::drift_allowance
+    pub fn with_max_clock_skew(self, skew: Duration) -> Result<Self> {
+        validate::bounded("max_clock_skew", skew)?;
+        let settings = Settings {
+            max_clock_skew: skew,
+            ..self.inner.settings
+        };
+        validate_clocks(&settings)?;
+        Ok(self.with_settings(settings))
+    }
+
+    /// The same locks, with each server round trip that has no deadline of
+    /// its own (a single attempt, a touch, a renewal, a release, a read)
+    /// bounded by `timeout` (default [`DEFAULT_OPERATION_TIMEOUT`]); one that
+    /// takes longer fails with [`Error::TimedOut`]. Waits with a timeout are
+    /// bounded by their deadline instead.
+    pub fn with_operation_timeout(self, timeout: Duration) -> Result<Self> {
+        validate::positive_millis("operation_timeout", timeout)?;
+        let settings = Settings {
+            operation_timeout: timeout,
+            ..self.inner.settings
+        };
+        Ok(self.with_settings(settings))
+    }
+
+    /// How much earlier than the server a holder counts its lease of
+    /// `lease` as ended: the [maximum clock skew](Self::with_max_clock_skew),
+    /// plus 1% of the lease for clocks that run at different rates (Redlock's
+    /// drift factor), plus 1 ms for the server's rounding to whole
+    /// milliseconds.
+    pub fn drift_allowance(&self, lease: Duration) -> Duration {
+        self.inner.settings.max_clock_skew + lease / 100 + Duration::from_millis(1)
+    }
+
+    /// How long a holder counts a lease of `lease` to last, from when its
+    /// request was sent: the whole milliseconds the server adds, less the
+    /// [drift allowance](Self::drift_allowance). Zero when the allowance
+    /// eats the lease: such a lease is lost at once.
+    pub(crate) fn local_lease(&self, lease: Duration) -> Duration {
+        let whole = Duration::from_millis(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        whole.saturating_sub(self.drift_allowance(whole))
+    }
+
+    /// The longest a single round trip may take.
+    pub(crate) fn operation_timeout(&self) -> Duration {
+        self.inner.settings.operation_timeout
     }
 
     fn from_parts(collection: Collection<Document>, settings: Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 collection,
-                backoff: settings.backoff,
-                cleanup_after: settings.cleanup_after,
+                settings,
                 ttl_index: tokio::sync::OnceCell::new(),
                 wakeups: Arc::new(Wakeups::new(settings.change_streams)),
                 clock: ServerClock::default(),
+                releases: Arc::default(),
             }),
         }
     }
@@ -203,7 +281,7 @@ impl MongoLock {
     /// The backoff between attempts of a waiting [`lock`](Self::lock) or
     /// [`acquire`](Self::acquire).
     pub fn backoff(&self) -> Backoff {
-        self.inner.backoff
+        self.inner.settings.backoff
     }
 
     /// Tries to take `key` for `owner`; resolves to `true` if `owner` holds it
@@ -252,7 +330,11 @@ impl MongoLock {
     /// The lock document for `key`, if there is one, as the server wrote it.
     pub async fn get_lock_info(&self, key: &str) -> Result<Option<LockInfo>> {
         validate::key(key)?;
-        let found = self.collection().find_one(query::by_key(key)).await?;
+        let found = self
+            .bounded(key, self.operation_timeout(), async {
+                Ok(self.collection().find_one(query::by_key(key)).await?)
+            })
+            .await?;
         found.as_ref().map(LockInfo::from_document).transpose()
     }
 
@@ -261,23 +343,31 @@ impl MongoLock {
         validate::key(key)?;
         let mut filter = query::by_key(key);
         filter.insert("$expr", query::held_expr());
-        Ok(self.collection().count_documents(filter).await? > 0)
+        let count = self
+            .bounded(key, self.operation_timeout(), async {
+                Ok(self.collection().count_documents(filter).await?)
+            })
+            .await?;
+        Ok(count > 0)
     }
 
     /// The locks held now, by the server's clock, ordered by key: owner,
     /// since, expires and fencing token of each. For dashboards and admin
     /// tools; it reads the whole collection's held locks.
     pub async fn list(&self) -> Result<Vec<LockInfo>> {
-        let mut cursor = self
-            .collection()
-            .find(doc! { "$expr": query::held_expr() })
-            .sort(doc! { "_id": 1 })
-            .await?;
-        let mut held = Vec::new();
-        while let Some(doc) = futures_util::TryStreamExt::try_next(&mut cursor).await? {
-            held.push(LockInfo::from_document(&doc)?);
-        }
-        Ok(held)
+        let read = async {
+            let mut cursor = self
+                .collection()
+                .find(doc! { "$expr": query::held_expr() })
+                .sort(doc! { "_id": 1 })
+                .await?;
+            let mut held = Vec::new();
+            while let Some(doc) = futures_util::TryStreamExt::try_next(&mut cursor).await? {
+                held.push(LockInfo::from_document(&doc)?);
+            }
+            Ok(held)
+        };
+        self.bounded("", self.operation_timeout(), read).await
     }
 
     /// Frees `key` whoever holds it, ignoring owner and minimum hold. An
@@ -289,47 +379,85 @@ impl MongoLock {
         validate::key(key)?;
         let mut filter = query::by_key(key);
         filter.insert("$expr", query::held_expr());
-        let result = self
-            .collection()
-            .update_one(filter, query::release_pipeline(0))
-            .await?;
-        let released = result.matched_count == 1;
+        let released = self.release_where(key, filter, 0).await?;
         tracing::info!(key, released, "mongolock force_release");
-        if released {
-            self.wakeups().wake(key);
-        }
         Ok(released)
     }
 
+    /// Runs `op`, failing with [`Error::TimedOut`] if it takes longer than
+    /// `limit`.
+    pub(crate) async fn bounded<T>(
+        &self,
+        key: &str,
+        limit: Duration,
+        op: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(limit, op)
+            .await
+            .map_err(|_| Error::TimedOut {
+                key: key.to_owned(),
+                timeout: limit,
+            })?
+    }
+
     /// Creates the TTL index that removes stale documents, once per
-    /// `MongoLock` (clones share it). Failure is logged, not returned: the
-    /// locks are correct without it, only untidy.
-    pub(crate) async fn ensure_ttl_index(&self) {
+    /// `MongoLock` (clones share it), or changes its delay with `collMod` if
+    /// it exists with another one. A transient error is returned (the
+    /// attempt fails as it would have, and the next one tries again); any
+    /// other failure (permissions) is logged, not returned: the locks are
+    /// correct without the index, only untidy.
+    pub(crate) async fn ensure_ttl_index(&self) -> Result<()> {
         self.inner
             .ttl_index
-            .get_or_init(|| async {
-                let index = IndexModel::builder()
-                    .keys(doc! { query::EXPIRES_AT: 1 })
-                    .options(
-                        IndexOptions::builder()
-                            .name(TTL_INDEX_NAME.to_owned())
-                            .expire_after(self.inner.cleanup_after)
-                            .build(),
-                    )
-                    .build();
-                match self.collection().create_index(index).await {
-                    Ok(_) => tracing::debug!(
-                        namespace = %self.collection().namespace(),
-                        "mongolock TTL index ready"
-                    ),
-                    Err(error) => tracing::warn!(
-                        namespace = %self.collection().namespace(),
-                        %error,
-                        "could not create the mongolock TTL index; stale lock documents will not be cleaned up"
-                    ),
+            .get_or_try_init(|| async {
+                let namespace = self.collection().namespace();
+                match self.create_or_update_ttl_index().await {
+                    Ok(()) => {
+                        tracing::debug!(%namespace, "mongolock TTL index ready");
+                        Ok(())
+                    }
+                    Err(error) if error.is_transient() => Err(error),
+                    Err(error) => {
+                        tracing::warn!(%namespace, %error, "could not create the mongolock TTL index; stale lock documents will not be cleaned up");
+                        Ok(())
+                    }
                 }
             })
-            .await;
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_or_update_ttl_index(&self) -> Result<()> {
+        /// The index exists with other options (IndexOptionsConflict).
+        const OPTIONS_CONFLICT: i32 = 85;
+        let after = self.inner.settings.cleanup_after;
+        let index = IndexModel::builder()
+            .keys(doc! { query::EXPIRES_AT: 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(TTL_INDEX_NAME.to_owned())
+                    .expire_after(after)
+                    .build(),
+            )
+            .build();
+        match self.collection().create_index(index).await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == OPTIONS_CONFLICT) =>
+            {
+                let seconds = i64::try_from(after.as_secs()).unwrap_or(i64::MAX);
+                self.collection()
+                    .client()
+                    .database(&self.collection().namespace().db)
+                    .run_command(doc! {
+                        "collMod": self.collection().name(),
+                        "index": { "name": TTL_INDEX_NAME, "expireAfterSeconds": seconds },
+                    })
+                    .await?;
+                tracing::info!(namespace = %self.collection().namespace(), ?after, "mongolock TTL index delay changed");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The owner-checked release shared by [`release`](Self::release) and
@@ -341,19 +469,78 @@ impl MongoLock {
         token: Option<i64>,
         min_hold_millis: i64,
     ) -> Result<bool> {
-        let result = self
+        let released = self
+            .release_where(key, query::by_holder(key, owner, token), min_hold_millis)
+            .await?;
+        tracing::debug!(key, owner, released, "mongolock release");
+        Ok(released)
+    }
+
+    /// Releases the lock document `filter` matches, within the operation
+    /// timeout, and wakes this `MongoLock`'s waiters of `key` if it did.
+    pub(crate) async fn release_where(
+        &self,
+        key: &str,
+        filter: Document,
+        min_hold_millis: i64,
+    ) -> Result<bool> {
+        let update = self
             .collection()
-            .update_one(
-                query::by_holder(key, owner, token),
-                query::release_pipeline(min_hold_millis),
-            )
+            .update_one(filter, query::release_update(min_hold_millis));
+        let result = self
+            .bounded(key, self.operation_timeout(), async { Ok(update.await?) })
             .await?;
         let released = result.matched_count == 1;
-        tracing::debug!(key, owner, released, "mongolock release");
         if released {
             self.wakeups().wake(key);
         }
         Ok(released)
+    }
+
+    /// Starts [`release_where`](Self::release_where) in the background, for
+    /// a guard dropped unreleased or an abandoned acquisition;
+    /// [`finish_releases`](Self::finish_releases) waits for it. Outside a
+    /// tokio runtime nothing can run it: that is logged, and the lease runs
+    /// out by itself.
+    pub(crate) fn release_in_background(
+        &self,
+        key: String,
+        filter: Document,
+        min_hold_millis: i64,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(%key, "mongolock cannot release outside a tokio runtime; the lease will run out");
+            return;
+        };
+        let ticket = self.inner.releases.start();
+        let lock = self.clone();
+        runtime.spawn(async move {
+            let _ticket = ticket;
+            match lock.release_where(&key, filter, min_hold_millis).await {
+                Ok(released) => tracing::debug!(%key, released, "mongolock background release"),
+                Err(error) => tracing::warn!(%key, %error, "mongolock background release failed; the lease will run out"),
+            }
+        });
+    }
+
+    /// Waits until the releases started in the background (by guards dropped
+    /// unreleased, by `#[mongo_locked]` functions whose future was dropped)
+    /// are done, for at most `within`; `true` if none is left. Call it before
+    /// the runtime shuts down, at the end of `main`: a runtime that ends
+    /// drops the tasks it has not run, and a release that never ran leaves
+    /// the lock taken until its lease runs out. Each release is bounded by
+    /// the [operation timeout](Self::with_operation_timeout).
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: mongolock::MongoLock) {
+    /// use std::time::Duration;
+    /// let guard = lock.acquire("job").await;
+    /// drop(guard); // released in the background
+    /// lock.finish_releases(Duration::from_secs(5)).await;
+    /// # }
+    /// ```
+    pub async fn finish_releases(&self, within: Duration) -> bool {
+        self.inner.releases.wait_idle(within).await
     }
 
     /// The owner-checked lease extension shared by [`touch`](Self::touch) and
@@ -365,18 +552,73 @@ impl MongoLock {
         token: Option<i64>,
         lease_millis: i64,
     ) -> Result<Option<LockInfo>> {
-        let updated = self
+        let touch = self
             .collection()
             .find_one_and_update(
                 query::by_holder(key, owner, token),
                 query::touch_pipeline(lease_millis),
             )
-            .return_document(mongodb::options::ReturnDocument::After)
+            .return_document(mongodb::options::ReturnDocument::After);
+        let updated = self
+            .bounded(key, self.operation_timeout(), async { Ok(touch.await?) })
             .await?;
         let info = updated.as_ref().map(LockInfo::from_document).transpose()?;
         tracing::debug!(key, owner, touched = info.is_some(), "mongolock touch");
         Ok(info)
     }
+}
+
+/// How many background releases are under way, for
+/// [`MongoLock::finish_releases`].
+#[derive(Debug)]
+pub(crate) struct PendingReleases(tokio::sync::watch::Sender<usize>);
+
+impl Default for PendingReleases {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+/// One background release; counted until dropped, which happens also when a
+/// runtime shutting down drops the task unrun.
+struct ReleaseTicket(Arc<PendingReleases>);
+
+impl PendingReleases {
+    fn start(self: &Arc<Self>) -> ReleaseTicket {
+        self.0.send_modify(|n| *n += 1);
+        ReleaseTicket(self.clone())
+    }
+
+    async fn wait_idle(&self, within: Duration) -> bool {
+        let mut pending = self.0.subscribe();
+        tokio::time::timeout(within, pending.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+impl Drop for ReleaseTicket {
+    fn drop(&mut self) {
+        self.0 .0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Refuses a cleanup delay that a clock skew could outrun: tokens made from
+/// a clock behind by more than the delay could repeat a deleted one.
+fn validate_clocks(settings: &Settings) -> Result<()> {
+    validate::bounded("cleanup_after", settings.cleanup_after)?;
+    let reason = if settings.cleanup_after < MIN_CLEANUP_AFTER {
+        "must be at least mongolock::MIN_CLEANUP_AFTER (60 s)"
+    } else if settings.cleanup_after <= settings.max_clock_skew {
+        "must be longer than the maximum clock skew, or fencing tokens could repeat"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidDuration {
+        what: "cleanup_after",
+        duration: settings.cleanup_after,
+        reason,
+    })
 }
 
 /// The pending [`MongoLock::release`]. Await it for a `bool`.

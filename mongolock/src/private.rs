@@ -55,5 +55,5 @@ pub async fn until_lost<F: std::future::Future>(
 /// The raw filters and pipelines, so benchmarks can time the same driver
 /// operations without the library around them.
 pub mod raw {
-    pub use crate::query::{acquire_pipeline, by_holder, by_key, release_pipeline};
+    pub use crate::query::{acquire_pipeline, by_holder, by_key, release_update};
 }

@@ -11,28 +11,59 @@
 //! - Only `$add` on dates, never `$dateAdd` (MongoDB 5.0+).
 
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::UpdateModifications;
 
 /// Field names of a lock document. `_id` is the key.
 pub(crate) const OWNER: &str = "owner";
 pub(crate) const ACQUIRED_AT: &str = "acquired_at";
 pub(crate) const EXPIRES_AT: &str = "expires_at";
 pub(crate) const TOKEN: &str = "token";
+/// Set by [`acquire()`](crate::MongoLock::acquire): which acquisition holds
+/// the lock, so only a retry of that very acquisition re-enters it.
+pub(crate) const CLAIM: &str = "claim";
+/// The Python package `mongolock`'s fields, kept in step so that a fleet
+/// migrating job by job never runs a job twice: `locked` and `expire` (its
+/// lease end), `created` (its acquisition time).
+pub(crate) const PY_LOCKED: &str = "locked";
+pub(crate) const PY_EXPIRE: &str = "expire";
+pub(crate) const PY_CREATED: &str = "created";
+
+/// How many fencing token steps one millisecond of server time is worth. A
+/// token is `max(previous + 1, server epoch ms x TOKENS_PER_MILLI)`, so it
+/// runs ahead of the clock only if one key is acquired more than this often
+/// in a millisecond, which no server does. A document recreated after the
+/// TTL index deleted it therefore starts above every token it ever had, as
+/// long as the server's clock is not behind the clock that stamped them by
+/// more than the cleanup delay.
+pub(crate) const TOKENS_PER_MILLI: i64 = 1000;
 
 /// A scratch field used between pipeline stages and removed at the end.
 const SCRATCH: &str = "_mongolock";
+
+fn field(name: &str) -> String {
+    format!("${name}")
+}
 
 fn now_millis() -> Bson {
     Bson::Document(doc! { "$toLong": "$$NOW" })
 }
 
-/// The stored expiry in milliseconds, 0 when there is none (a new document).
-fn expires_millis() -> Bson {
-    Bson::Document(doc! { "$ifNull": [{ "$toLong": format!("${EXPIRES_AT}") }, 0_i64] })
+/// When the lease ends, in milliseconds: the later of this crate's
+/// `expires_at` and, while the Python package's `locked` is true, its
+/// `expire` (no `expire` there means no expiry). 0 for a new document.
+fn held_until_millis() -> Bson {
+    let ours = doc! { "$ifNull": [{ "$toLong": field(EXPIRES_AT) }, 0_i64] };
+    let python = doc! { "$cond": [
+        { "$eq": [field(PY_LOCKED), true] },
+        { "$ifNull": [{ "$toLong": field(PY_EXPIRE) }, i64::MAX] },
+        0_i64,
+    ] };
+    Bson::Document(doc! { "$max": [ours, python] })
 }
 
 /// True when the lease is still running by the server's clock.
 pub(crate) fn held_expr() -> Document {
-    doc! { "$gt": [expires_millis(), now_millis()] }
+    doc! { "$gt": [held_until_millis(), now_millis()] }
 }
 
 /// Filter for `_id` alone, the only shape allowed for upserts.
@@ -51,62 +82,92 @@ pub fn by_holder(key: &str, owner: &str, token: Option<i64>) -> Document {
     filter
 }
 
+/// Filter for the lock taken by one acquisition, known by its claim.
+pub(crate) fn by_claim(key: &str, owner: &str, claim: &str) -> Document {
+    doc! { "_id": key, OWNER: owner, CLAIM: claim }
+}
+
 /// The single-round-trip acquisition, used with `findOneAndUpdate`, upsert,
 /// and the document returned after the update.
 ///
 /// - `free`: no lease is running (new document, released, or expired).
-/// - `mine`: `owner` holds a running lease (a retry after a lost reply, or a
-///   re-entry); it renews the lease and keeps the token and `acquired_at`.
+/// - `mine`: `owner` with the same `claim` (empty for `lock(key, owner)`)
+///   holds a running lease: a retry after a lost reply, or the Python
+///   package's re-entry by owner name. It renews the lease and keeps the
+///   token and `acquired_at`.
 /// - A new acquisition (`free`) gets a fencing token of
-///   `max(previous + 1, server epoch millis)`, which keeps growing even after
-///   the TTL index deleted the document.
+///   `max(previous + 1, server epoch ms x TOKENS_PER_MILLI)`.
 /// - Otherwise the document is written back unchanged.
-pub fn acquire_pipeline(owner: &str, lease_millis: i64) -> Vec<Document> {
+pub fn acquire_pipeline(owner: &str, claim: &str, lease_millis: i64) -> Vec<Document> {
     let free = format!("${SCRATCH}.free");
-    let mine = format!("${SCRATCH}.mine");
-    let take = doc! { "$or": [&free, &mine] };
+    let take = format!("${SCRATCH}.take");
+    let mine = doc! { "$and": [
+        { "$eq": [field(OWNER), { "$literal": owner }] },
+        { "$eq": [{ "$ifNull": [field(CLAIM), ""] }, { "$literal": claim }] },
+    ] };
+    let claim_value = if claim.is_empty() {
+        Bson::String("$$REMOVE".to_owned())
+    } else {
+        Bson::Document(doc! { "$literal": claim })
+    };
+    let keep = |name: &str| Bson::String(field(name));
+    let expires = doc! { "$add": ["$$NOW", lease_millis] };
     vec![
-        doc! { "$set": { SCRATCH: { "free": { "$lte": [expires_millis(), now_millis()] } } } },
-        doc! { "$set": { format!("{SCRATCH}.mine"): { "$and": [
-            { "$eq": [format!("${OWNER}"), { "$literal": owner }] },
-            { "$not": [&free] },
-        ] } } },
+        doc! { "$set": { SCRATCH: { "$let": {
+            "vars": { "free": { "$lte": [held_until_millis(), now_millis()] } },
+            "in": { "free": "$$free", "take": { "$or": ["$$free", mine] } },
+        } } } },
         doc! { "$set": {
-            OWNER: { "$cond": [&take, { "$literal": owner }, format!("${OWNER}")] },
-            ACQUIRED_AT: { "$cond": [&free, "$$NOW", format!("${ACQUIRED_AT}")] },
-            EXPIRES_AT: { "$cond": [&take, { "$add": ["$$NOW", lease_millis] }, format!("${EXPIRES_AT}")] },
+            OWNER: { "$cond": [&take, { "$literal": owner }, keep(OWNER)] },
+            CLAIM: { "$cond": [&take, claim_value, keep(CLAIM)] },
+            ACQUIRED_AT: { "$cond": [&free, "$$NOW", keep(ACQUIRED_AT)] },
+            EXPIRES_AT: { "$cond": [&take, &expires, keep(EXPIRES_AT)] },
             TOKEN: { "$cond": [&free,
-                { "$max": [{ "$add": [{ "$ifNull": [format!("${TOKEN}"), 0_i64] }, 1_i64] }, now_millis()] },
-                format!("${TOKEN}"),
+                { "$max": [
+                    { "$add": [{ "$ifNull": [field(TOKEN), 0_i64] }, 1_i64] },
+                    { "$multiply": [now_millis(), TOKENS_PER_MILLI] },
+                ] },
+                keep(TOKEN),
             ] },
+            PY_LOCKED: { "$cond": [&take, true, keep(PY_LOCKED)] },
+            PY_EXPIRE: { "$cond": [&take, &expires, keep(PY_EXPIRE)] },
+            PY_CREATED: { "$cond": [&free, "$$NOW", keep(PY_CREATED)] },
+            SCRATCH: "$$REMOVE",
         } },
-        doc! { "$unset": SCRATCH },
     ]
 }
 
 /// Extends the lease from the server's now. Used with a [`by_holder`] filter.
 pub(crate) fn touch_pipeline(lease_millis: i64) -> Vec<Document> {
-    vec![doc! { "$set": { EXPIRES_AT: { "$add": ["$$NOW", lease_millis] } } }]
+    let expires = doc! { "$add": ["$$NOW", lease_millis] };
+    vec![doc! { "$set": { EXPIRES_AT: &expires, PY_EXPIRE: &expires } }]
 }
 
 /// Marks the lock free but keeps the document, so its fencing token carries
-/// on. With a minimum hold the lease ends at `acquired_at + min_hold` if that
-/// is later than now. Used with a [`by_holder`] filter.
-pub fn release_pipeline(min_hold_millis: i64) -> Vec<Document> {
-    let ends = if min_hold_millis > 0 {
-        let hold_until = doc! { "$add": [format!("${ACQUIRED_AT}"), min_hold_millis] };
-        Bson::Document(doc! { "$cond": [
-            { "$gt": [{ "$toLong": &hold_until }, now_millis()] },
-            &hold_until,
-            "$$NOW",
-        ] })
-    } else {
-        Bson::String("$$NOW".to_owned())
-    };
-    vec![
-        doc! { "$set": { EXPIRES_AT: ends } },
-        doc! { "$unset": OWNER },
-    ]
+/// on. Used with a [`by_holder`] filter.
+///
+/// Without a minimum hold it is a plain operator update (no pipeline): the
+/// lease ends at the server's now. With one, the lease ends at
+/// `acquired_at + min_hold` if that is later than now, and the Python
+/// package's view stays `locked` until then.
+pub fn release_update(min_hold_millis: i64) -> UpdateModifications {
+    if min_hold_millis <= 0 {
+        return UpdateModifications::Document(doc! {
+            "$currentDate": { EXPIRES_AT: true, PY_EXPIRE: true },
+            "$set": { PY_LOCKED: false },
+            "$unset": { OWNER: "", CLAIM: "" },
+        });
+    }
+    let hold_until = doc! { "$add": [field(ACQUIRED_AT), min_hold_millis] };
+    let ends = doc! { "$cond": [
+        { "$gt": [{ "$toLong": &hold_until }, now_millis()] },
+        &hold_until,
+        "$$NOW",
+    ] };
+    UpdateModifications::Pipeline(vec![
+        doc! { "$set": { EXPIRES_AT: &ends, PY_EXPIRE: &ends } },
+        doc! { "$unset": [OWNER, CLAIM] },
+    ])
 }
 
 #[cfg(test)]
@@ -115,13 +176,23 @@ mod tests {
 
     #[test]
     fn owner_is_always_literal_in_acquire_pipeline() {
-        let text: String = acquire_pipeline("$evil", 1000)
+        let text: String = acquire_pipeline("$evil", "", 1000)
             .iter()
             .map(ToString::to_string)
             .collect();
         let uses = text.matches("\"$evil\"").count();
         let wrapped = text.matches("\"$literal\": \"$evil\"").count();
         assert_eq!(uses, 2, "{text}");
+        let text: String = acquire_pipeline("o", "$evil_claim", 1000)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(text.matches("\"$evil_claim\"").count(), 2, "{text}");
+        assert_eq!(
+            text.matches("\"$literal\": \"$evil_claim\"").count(),
+            2,
+            "{text}"
+        );
         assert_eq!(wrapped, uses, "{text}");
     }
 
@@ -135,13 +206,21 @@ mod tests {
     }
 
     #[test]
-    fn release_without_min_hold_ends_lease_now() {
+    fn release_without_min_hold_is_an_operator_update() {
+        let UpdateModifications::Document(update) = release_update(0) else {
+            panic!("a pipeline where an operator update does");
+        };
         assert_eq!(
-            release_pipeline(0),
-            vec![
-                doc! { "$set": { "expires_at": "$$NOW" } },
-                doc! { "$unset": "owner" }
-            ]
+            update,
+            doc! {
+                "$currentDate": { "expires_at": true, "expire": true },
+                "$set": { "locked": false },
+                "$unset": { "owner": "", "claim": "" },
+            }
         );
+        assert!(matches!(
+            release_update(5),
+            UpdateModifications::Pipeline(_)
+        ));
     }
 }

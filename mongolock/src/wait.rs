@@ -97,39 +97,82 @@ impl MongoLock {
     /// Between attempts a waiter sleeps until the holder's lease ends (by
     /// the server's clock, converted to ours), until the change stream says
     /// the key was released, or, without a stream, until its next poll;
-    /// never past the deadline, where it makes a last attempt. With a
-    /// timeout, an attempt the server does not answer is cut off at the
-    /// deadline (the last one after [`LAST_ATTEMPT_GRACE`]).
+    /// never past the deadline, where it makes a last attempt. Every await is
+    /// bounded: an attempt by the operation timeout and the deadline (the
+    /// last one after [`LAST_ATTEMPT_GRACE`]), the clock estimate by the
+    /// deadline.
+    ///
+    /// A transient error (a lost connection, an election, a write concern
+    /// not met in time) does not end the wait: the waiter backs off and
+    /// tries again with the same owner and claim, which re-enters a lock
+    /// that an attempt with an unknown outcome did take. Only when the
+    /// deadline passes is the last error returned. An acquisition that gives
+    /// up (or is dropped) after such an attempt releases what it may hold.
     pub(crate) async fn attempt_until(&self, req: &Request) -> Result<Attempt> {
+        let mut orphan = Orphan {
+            lock: self,
+            req,
+            armed: false,
+        };
+        let result = self.attempt_until_inner(req, &mut orphan).await;
+        if matches!(result, Ok(Attempt::Acquired { .. })) {
+            orphan.armed = false;
+        }
+        if let Ok(attempt) = &result {
+            log_outcome(req, attempt);
+        }
+        result
+    }
+
+    async fn attempt_until_inner(&self, req: &Request, orphan: &mut Orphan<'_>) -> Result<Attempt> {
+        let single = self.operation_timeout();
         let (Some(timeout), Some(deadline)) =
             (req.timeout, req.timeout.map(|t| Instant::now() + t))
         else {
-            let attempt = self.attempt(req).await?;
-            log_outcome(req, &attempt);
-            return Ok(attempt);
+            orphan.armed = true;
+            return self
+                .bounded(&req.key, single, self.attempt(req))
+                .await
+                .inspect(|_| orphan.armed = false);
         };
         let interest = self.wakeups().subscribe(self.collection(), &req.key);
-        let (mut polls, mut late) = (0_u32, 0_u32);
+        let (mut polls, mut late, mut failures) = (0_u32, 0_u32, 0_u32);
+        let mut unknown = false;
         loop {
             let mut woken = std::pin::pin!(interest.notified());
             woken.as_mut().enable();
-            let cutoff = deadline.max(Instant::now() + LAST_ATTEMPT_GRACE);
-            let attempt = tokio::time::timeout_at(cutoff, self.attempt(req))
-                .await
-                .map_err(|_| Error::TimedOut {
+            let start = Instant::now();
+            let cutoff = deadline.max(start + LAST_ATTEMPT_GRACE).min(start + single);
+            orphan.armed = true;
+            let attempt = match tokio::time::timeout_at(cutoff, self.attempt(req)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::TimedOut {
                     key: req.key.clone(),
                     timeout,
-                })??;
+                }),
+            };
             let now = Instant::now();
-            let holder = match &attempt {
-                Attempt::Busy(holder) if now < deadline => holder,
-                _ => {
-                    log_outcome(req, &attempt);
-                    return Ok(attempt);
+            let holder = match attempt {
+                Ok(Attempt::Busy(holder)) => {
+                    orphan.armed = unknown;
+                    failures = 0;
+                    if now >= deadline {
+                        return Ok(Attempt::Busy(holder));
+                    }
+                    holder
                 }
+                Err(error) if error.is_transient() && now < deadline => {
+                    unknown = true;
+                    let delay = self.backoff().delay(failures);
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(key = %req.key, %error, ?delay, "mongolock attempt failed; retrying within the timeout");
+                    tokio::time::sleep_until((now + delay).min(deadline)).await;
+                    continue;
+                }
+                other => return other,
             };
             let wake_at = self
-                .next_wake(holder, &mut polls, &mut late, now)
+                .next_wake(&holder, &mut polls, &mut late, now, deadline)
                 .await
                 .min(deadline);
             tracing::trace!(key = %req.key, wait = ?wake_at.saturating_duration_since(now), "mongolock waiting");
@@ -149,8 +192,10 @@ impl MongoLock {
         polls: &mut u32,
         late: &mut u32,
         now: Instant,
+        deadline: Instant,
     ) -> Instant {
-        self.refresh_server_clock().await;
+        // Asking the server's time must not outlive the wait.
+        let _ = tokio::time::timeout_at(deadline, self.refresh_server_clock()).await;
         let expiry = self.server_clock().local_instant(holder.expires_at);
         if let Some(expiry) = expiry {
             if expiry <= now {
@@ -168,6 +213,31 @@ impl MongoLock {
         let poll = now + self.backoff().delay(*polls);
         *polls = polls.saturating_add(1);
         expiry.map_or(poll, |expiry| expiry.min(poll))
+    }
+}
+
+/// An acquisition whose attempt may have taken the lock without the caller
+/// knowing it (a lost reply, a timeout, a dropped future). Unless disarmed,
+/// it releases that lock in the background when dropped, matched by owner
+/// and claim, so it cannot touch any other acquisition's lock. Only
+/// `acquire()` has claims; `lock(key, owner)`'s caller knows its owner and
+/// can release it.
+struct Orphan<'a> {
+    lock: &'a MongoLock,
+    req: &'a Request,
+    armed: bool,
+}
+
+impl Drop for Orphan<'_> {
+    fn drop(&mut self) {
+        if self.armed && !self.req.claim.is_empty() {
+            tracing::debug!(key = %self.req.key, owner = %self.req.owner, "mongolock releasing what an unanswered attempt may have taken");
+            self.lock.release_in_background(
+                self.req.key.clone(),
+                crate::query::by_claim(&self.req.key, &self.req.owner, &self.req.claim),
+                0,
+            );
+        }
     }
 }
 

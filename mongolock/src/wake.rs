@@ -78,11 +78,6 @@ impl Wakeups {
         }
     }
 
-    /// Whether change streams were asked for.
-    pub(crate) fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// Whether waiters can rely on the stream to hear of releases.
     pub(crate) fn stream_open(&self) -> bool {
         self.status.load(Ordering::Acquire) == OPEN
@@ -138,10 +133,29 @@ impl Wakeups {
         }
     }
 
+    /// Records the stream's state. Waiters are woken when it opens (a
+    /// release may have happened while it was not, and nobody would hear of
+    /// it) and when it goes down (they must poll now).
     fn set_status(&self, status: u8) {
         let previous = self.status.swap(status, Ordering::AcqRel);
-        if previous == OPEN && status != OPEN {
+        if previous != status && (status == OPEN || previous == OPEN) {
             self.wake_all();
+        }
+    }
+}
+
+/// Held by the stream task. Dropped when the task ends in any way, also
+/// when its runtime shuts down under it (a `MongoLock` kept in a static and
+/// used from several runtimes): the stream is then marked not started, so
+/// the next waiter starts a new one, and waiters poll meanwhile.
+struct TaskAlive(std::sync::Weak<Wakeups>);
+
+impl Drop for TaskAlive {
+    fn drop(&mut self) {
+        if let Some(wakeups) = self.0.upgrade() {
+            if wakeups.status.load(Ordering::Acquire) != UNAVAILABLE {
+                wakeups.set_status(NOT_STARTED);
+            }
         }
     }
 }
@@ -152,15 +166,22 @@ struct StreamTask {
     shutdown: watch::Receiver<()>,
 }
 
-/// Releases (the owner removed), takeovers (a new token), and documents
-/// created, replaced or deleted. Renewals, which only move `expires_at`,
-/// wake nobody.
-fn releases_and_takeovers() -> Vec<Document> {
+/// The events after which a waiter may take a lock: a release (which sets
+/// `locked: false`, as the Python package's does too; `force_release` also
+/// during a minimum hold) and a deleted document. Acquisitions, takeovers
+/// and renewals wake nobody: a waiter could not take the lock after them.
+///
+/// Written for both shapes of events: MongoDB 5.0+ reports pipeline updates
+/// as `update` with the changed fields, 4.4 as `replace` with the whole
+/// document (SERVER-42116), so an acquisition or renewal there is a
+/// `replace` of a document with `locked: true`.
+pub(crate) fn release_events() -> Vec<Document> {
+    let locked = crate::query::PY_LOCKED;
     vec![
         doc! { "$match": { "$or": [
-            { "operationType": { "$in": ["insert", "replace", "delete"] } },
-            { "updateDescription.removedFields": crate::query::OWNER },
-            { format!("updateDescription.updatedFields.{}", crate::query::TOKEN): { "$exists": true } },
+            { "operationType": "delete" },
+            { format!("updateDescription.updatedFields.{locked}"): false },
+            { "operationType": "replace", format!("fullDocument.{locked}"): false },
         ] } },
         doc! { "$project": { "operationType": 1, "documentKey": 1 } },
     ]
@@ -177,11 +198,16 @@ fn unsupported(error: &mongodb::error::Error) -> bool {
 
 impl StreamTask {
     async fn run(mut self) {
+        let _alive = TaskAlive(self.wakeups.clone());
+        // Where to pick up after a broken stream, so that no release between
+        // the break and the reopen goes unseen.
+        let mut resume = None;
         loop {
             let opened = self
                 .collection
                 .watch()
-                .pipeline(releases_and_takeovers())
+                .pipeline(release_events())
+                .resume_after(resume.clone())
                 .await;
             let Some(wakeups) = self.wakeups.upgrade() else {
                 return;
@@ -195,6 +221,9 @@ impl StreamTask {
                 }
                 Err(error) => {
                     tracing::debug!(%error, "mongolock: cannot open the change stream; retrying");
+                    // The token may be too old to resume from; waiters
+                    // re-check when the new stream opens.
+                    resume = None;
                     wakeups.set_status(DOWN);
                     drop(wakeups);
                     if self.pause().await {
@@ -215,6 +244,7 @@ impl StreamTask {
                 };
                 match event {
                     Some(Ok(event)) => {
+                        resume = Some(event.id.clone());
                         if let Some(key) = event
                             .document_key
                             .as_ref()
