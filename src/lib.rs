@@ -30,9 +30,16 @@ impl LocalServer {
     /// `--enable-test-commands` or `--storage-path DIR`, installing SecantusDB
     /// first if needed.
     pub fn start(args: &[&str]) -> Result<Self, String> {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables for the
+    /// server process, such as libfaketime's `LD_PRELOAD` and `FAKETIME`.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
         let script = workspace_root().join("scripts/mongo-server");
         let mut child = Command::new(&script)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -102,6 +109,58 @@ fn signal(pid: u32, signal: &str) {
         status.is_ok_and(|s| s.success()),
         "kill {signal} {pid} failed"
     );
+}
+
+/// A server of its own for fault tests, with `--enable-test-commands` (fail
+/// points are server-wide, and such tests pause, kill or restart it), so
+/// these tests ignore `MONGODB_URI`.
+#[derive(Debug)]
+pub struct FaultServer {
+    /// The server process.
+    pub server: LocalServer,
+    /// Arms fail points; its own commands are never failed.
+    pub admin: mongodb::Client,
+}
+
+impl FaultServer {
+    /// Starts one with extra `secantusd-py` arguments.
+    pub async fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// Starts one with extra arguments and environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut all = vec!["--enable-test-commands"];
+        all.extend_from_slice(args);
+        let server = LocalServer::start_with_env(&all, env)
+            .unwrap_or_else(|e| panic!("cannot start the test server: {e}"));
+        let admin = mongodb::Client::with_uri_str(server.uri())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"));
+        Self { server, admin }
+    }
+
+    /// A client that identifies as `app`, so fail points can target it.
+    pub async fn client(&self, app: &str) -> mongodb::Client {
+        let mut options = mongodb::options::ClientOptions::parse(self.server.uri())
+            .await
+            .unwrap_or_else(|e| panic!("bad test server URI: {e}"));
+        options.app_name = Some(app.to_owned());
+        mongodb::Client::with_options(options).unwrap_or_else(|e| panic!("no client: {e}"))
+    }
+
+    /// A lock in `faults.lock` whose client identifies as `app`.
+    pub async fn lock(&self, app: &str) -> MongoLock {
+        let client = self.client(app).await;
+        MongoLock::with_collection(client.database("faults").collection("lock"))
+    }
+
+    /// Arms `failCommand` for the next `times` commands of `app`'s clients.
+    pub async fn fail(&self, times: i32, app: &str, data: Document) {
+        let mut data = data;
+        data.insert("appName", app);
+        fail_command(&self.admin, times, data).await;
+    }
 }
 
 /// A free loopback port, for a server that must keep its address across a
@@ -267,6 +326,67 @@ impl Witness {
             .await?;
         Ok(found.and_then(|d| d.get_i32("n").ok()).unwrap_or(0))
     }
+}
+
+/// Signals each time a mongolock waiter on this thread goes to sleep (its
+/// `mongolock waiting` trace event): the moment a test may release a lock
+/// to check that the waiter hears of it. Holds while the guard lives; use it
+/// from a current-thread runtime (the default of `#[tokio::test]`), whose
+/// tasks all run on this thread.
+pub fn waiting_signal() -> (
+    tracing::subscriber::DefaultGuard,
+    std::sync::Arc<tokio::sync::Notify>,
+) {
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    let subscriber = WaitSignal {
+        notify: notify.clone(),
+        next_span: std::sync::atomic::AtomicU64::new(1),
+    };
+    (tracing::subscriber::set_default(subscriber), notify)
+}
+
+struct WaitSignal {
+    notify: std::sync::Arc<tokio::sync::Notify>,
+    next_span: std::sync::atomic::AtomicU64,
+}
+
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl tracing::Subscriber for WaitSignal {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let id = self
+            .next_span
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::span::Id::from_u64(id)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if message.0 == "mongolock waiting" {
+            self.notify.notify_one();
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// The README's examples, compiled as doctests.

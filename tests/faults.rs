@@ -1,52 +1,21 @@
 //! Server faults: SecantusDB's `configureFailPoint` on acquire, renew and
 //! release, a paused server, and a restart with on-disk storage.
 //!
-//! Each test runs its own server with `--enable-test-commands` (fail points
-//! are server-wide, and some tests pause or restart the server), so these
-//! tests ignore `MONGODB_URI`.
+//! Each test runs its own server ([`FaultServer`]), so these tests ignore
+//! `MONGODB_URI`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
-use mongodb::options::ClientOptions;
-use mongodb::Client;
-use mongolock::{Error, MongoLock};
-use mongolock_suite::{fail_command, free_port, LocalServer};
+use mongolock::Error;
+use mongolock_suite::{free_port, FaultServer};
 use rand::Rng;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Fixture {
-    server: LocalServer,
-    /// Arms fail points; its own commands are never failed.
-    admin: Client,
-}
-
-impl Fixture {
-    async fn start(args: &[&str]) -> Self {
-        let mut all = vec!["--enable-test-commands"];
-        all.extend_from_slice(args);
-        let server = LocalServer::start(&all).unwrap();
-        let admin = Client::with_uri_str(server.uri()).await.unwrap();
-        Self { server, admin }
-    }
-
-    /// A lock whose client identifies as `app`, so fail points can target it.
-    async fn lock(&self, app: &str) -> MongoLock {
-        let mut options = ClientOptions::parse(self.server.uri()).await.unwrap();
-        options.app_name = Some(app.to_owned());
-        let client = Client::with_options(options).unwrap();
-        MongoLock::with_collection(client.database("faults").collection("lock"))
-    }
-
-    async fn fail(&self, times: i32, app: &str, data: Document) {
-        let mut data = data;
-        data.insert("appName", app);
-        fail_command(&self.admin, times, data).await;
-    }
-}
+type Fixture = FaultServer;
 
 fn code_of(error: &Error) -> Option<i32> {
     match error {

@@ -172,8 +172,9 @@ impl LockGuard {
     /// Releases the lock (keeping it until the minimum hold, if one was
     /// set). Resolves to `false` if this acquisition no longer held it.
     ///
-    /// If the release fails, or this future is dropped before it is done,
-    /// the guard's drop releases in the background once more.
+    /// If this future is dropped before the server answered, the guard's
+    /// drop releases in the background once more. A release that failed is
+    /// not repeated: the lease runs out by itself.
     pub async fn release(mut self) -> Result<bool> {
         self.stop_renewal();
         let result = self
@@ -185,7 +186,7 @@ impl LockGuard {
                 self.min_hold_millis,
             )
             .await;
-        self.released = result.is_ok();
+        self.released = true;
         result
     }
 
@@ -207,6 +208,7 @@ impl Drop for LockGuard {
             std::mem::take(&mut self.info.key),
             filter,
             self.min_hold_millis,
+            crate::mongo_lock::Until::Done,
         );
     }
 }

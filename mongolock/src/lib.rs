@@ -63,7 +63,7 @@ pub use guard::LockGuard;
 pub use info::LockInfo;
 pub use mongo_lock::{
     MongoLock, Release, Touch, DEFAULT_CLEANUP_AFTER, DEFAULT_COLLECTION, DEFAULT_DATABASE,
-    DEFAULT_EXPIRES,
+    DEFAULT_EXPIRES, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_OPERATION_TIMEOUT, MIN_CLEANUP_AFTER,
 };
 pub use owner::unique_owner;
 pub use validate::{MAX_DURATION, MAX_KEY_BYTES, MAX_OWNER_BYTES};

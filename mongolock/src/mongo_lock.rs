@@ -428,22 +428,27 @@ impl MongoLock {
     }
 
     async fn create_or_update_ttl_index(&self) -> Result<()> {
-        /// The index exists with other options (IndexOptionsConflict).
-        const OPTIONS_CONFLICT: i32 = 85;
         let after = self.inner.settings.cleanup_after;
-        let index = IndexModel::builder()
-            .keys(doc! { query::EXPIRES_AT: 1 })
-            .options(
-                IndexOptions::builder()
-                    .name(TTL_INDEX_NAME.to_owned())
-                    .expire_after(after)
-                    .build(),
-            )
-            .build();
-        match self.collection().create_index(index).await {
-            Ok(_) => Ok(()),
-            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == OPTIONS_CONFLICT) =>
-            {
+        /// A collection that does not exist yet has no indexes.
+        const NAMESPACE_NOT_FOUND: i32 = 26;
+        let mut existing = None;
+        match self.collection().list_indexes().await {
+            Ok(mut indexes) => {
+                while let Some(index) = futures_util::TryStreamExt::try_next(&mut indexes).await? {
+                    if let Some(options) = index.options {
+                        if options.name.as_deref() == Some(TTL_INDEX_NAME) {
+                            existing = Some(options.expire_after);
+                        }
+                    }
+                }
+            }
+            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND) =>
+                {}
+            Err(e) => return Err(e.into()),
+        }
+        match existing {
+            Some(Some(current)) if current == after => Ok(()),
+            Some(_) => {
                 let seconds = i64::try_from(after.as_secs()).unwrap_or(i64::MAX);
                 self.collection()
                     .client()
@@ -456,7 +461,19 @@ impl MongoLock {
                 tracing::info!(namespace = %self.collection().namespace(), ?after, "mongolock TTL index delay changed");
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            None => {
+                let index = IndexModel::builder()
+                    .keys(doc! { query::EXPIRES_AT: 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name(TTL_INDEX_NAME.to_owned())
+                            .expire_after(after)
+                            .build(),
+                    )
+                    .build();
+                self.collection().create_index(index).await?;
+                Ok(())
+            }
         }
     }
 
@@ -502,11 +519,17 @@ impl MongoLock {
     /// [`finish_releases`](Self::finish_releases) waits for it. Outside a
     /// tokio runtime nothing can run it: that is logged, and the lease runs
     /// out by itself.
+    ///
+    /// With [`Until::Found`] (an acquisition whose attempt went unanswered,
+    /// which the server may still apply after this release) it is repeated
+    /// with backoff until it releases something or the operation timeout has
+    /// passed.
     pub(crate) fn release_in_background(
         &self,
         key: String,
         filter: Document,
         min_hold_millis: i64,
+        until: Until,
     ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(%key, "mongolock cannot release outside a tokio runtime; the lease will run out");
@@ -516,9 +539,23 @@ impl MongoLock {
         let lock = self.clone();
         runtime.spawn(async move {
             let _ticket = ticket;
-            match lock.release_where(&key, filter, min_hold_millis).await {
-                Ok(released) => tracing::debug!(%key, released, "mongolock background release"),
-                Err(error) => tracing::warn!(%key, %error, "mongolock background release failed; the lease will run out"),
+            let give_up = tokio::time::Instant::now() + lock.operation_timeout();
+            let mut retry = 0;
+            loop {
+                match lock.release_where(&key, filter.clone(), min_hold_millis).await {
+                    Ok(false) if until == Until::Found && tokio::time::Instant::now() < give_up => {
+                        tokio::time::sleep(lock.backoff().delay(retry)).await;
+                        retry += 1;
+                    }
+                    Ok(released) => {
+                        tracing::debug!(%key, released, "mongolock background release");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%key, %error, "mongolock background release failed; the lease will run out");
+                        return;
+                    }
+                }
             }
         });
     }
@@ -566,6 +603,15 @@ impl MongoLock {
         tracing::debug!(key, owner, touched = info.is_some(), "mongolock touch");
         Ok(info)
     }
+}
+
+/// How long a background release keeps trying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// One release.
+    Done,
+    /// Until it releases something, within the operation timeout.
+    Found,
 }
 
 /// How many background releases are under way, for

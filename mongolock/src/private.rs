@@ -56,4 +56,5 @@ pub async fn until_lost<F: std::future::Future>(
 /// operations without the library around them.
 pub mod raw {
     pub use crate::query::{acquire_pipeline, by_holder, by_key, release_update};
+    pub use crate::wake::release_events;
 }

@@ -236,6 +236,7 @@ impl Drop for Orphan<'_> {
                 self.req.key.clone(),
                 crate::query::by_claim(&self.req.key, &self.req.owner, &self.req.claim),
                 0,
+                crate::mongo_lock::Until::Found,
             );
         }
     }

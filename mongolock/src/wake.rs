@@ -175,7 +175,7 @@ struct StreamTask {
 /// as `update` with the changed fields, 4.4 as `replace` with the whole
 /// document (SERVER-42116), so an acquisition or renewal there is a
 /// `replace` of a document with `locked: true`.
-pub(crate) fn release_events() -> Vec<Document> {
+pub fn release_events() -> Vec<Document> {
     let locked = crate::query::PY_LOCKED;
     vec![
         doc! { "$match": { "$or": [
@@ -276,5 +276,51 @@ impl StreamTask {
             _ = tokio::time::sleep(REOPEN_DELAY) => self.wakeups.strong_count() == 0,
             _ = self.shutdown.changed() => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    /// A collection handle that is never used: the client connects lazily.
+    async fn unused_collection() -> Collection<Document> {
+        let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:9")
+            .await
+            .unwrap();
+        client.database("unused").collection("lock")
+    }
+
+    #[tokio::test]
+    async fn waiters_recheck_when_the_stream_opens() {
+        // A release before the stream is open is heard by nobody: the
+        // waiters must look again once it is open, and when it reopens.
+        let wakeups = Arc::new(Wakeups::new(false));
+        let interest = wakeups.subscribe(&unused_collection().await, "job");
+        for status in [OPEN, DOWN, OPEN] {
+            let mut woken = std::pin::pin!(interest.notified());
+            woken.as_mut().enable();
+            wakeups.set_status(status);
+            assert!(woken.now_or_never().is_some(), "not woken at {status}");
+        }
+    }
+
+    #[test]
+    fn stream_that_died_with_its_runtime_is_not_reported_open() {
+        let wakeups = Arc::new(Wakeups::new(true));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let _interest = wakeups.subscribe(&unused_collection().await, "job");
+            // As if the stream had opened.
+            wakeups.set_status(OPEN);
+            assert!(wakeups.stream_open());
+        });
+        drop(runtime);
+        assert!(
+            !wakeups.stream_open(),
+            "waiters would neither be woken nor poll"
+        );
+        assert_eq!(wakeups.status.load(Ordering::Acquire), NOT_STARTED);
     }
 }

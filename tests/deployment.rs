@@ -1,0 +1,417 @@
+//! What production does to a lock that one healthy test server does not:
+//! stalls, elections, shutdowns, cancelled futures, a reused owner name,
+//! changed settings. Each test names the failure it models.
+//!
+//! Tests with fail points run their own server ([`FaultServer`]) and ignore
+//! `MONGODB_URI`; the others use the shared one.
+
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use mongolock::{mongo_locked, Error, MongoLock};
+use mongolock_suite::{fresh_collection, fresh_lock, waiting_signal, FaultServer};
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(20);
+/// How long an injected stall lasts: far longer than any bound under test,
+/// so returning before it ends shows the bound, not the stall, ended the wait.
+const STALL: Duration = Duration::from_secs(15);
+
+fn stall(command: &str) -> mongodb::bson::Document {
+    doc! {
+        "failCommands": [command],
+        "blockConnection": true,
+        "blockTimeMS": STALL.as_millis() as i64,
+    }
+}
+
+// ---- 1. Clock drift: the holder's view ends before the server's ----------
+
+#[tokio::test]
+async fn drift_allowance_is_skew_plus_one_percent_plus_rounding() {
+    let lock = fresh_lock("drift_allowance").await;
+    assert_eq!(
+        lock.drift_allowance(Duration::from_secs(60)),
+        mongolock::DEFAULT_MAX_CLOCK_SKEW + Duration::from_millis(601)
+    );
+    let lock = lock.with_max_clock_skew(Duration::from_secs(2)).unwrap();
+    assert_eq!(
+        lock.drift_allowance(Duration::from_secs(10)),
+        Duration::from_millis(2101)
+    );
+}
+
+#[tokio::test]
+async fn guard_counts_its_lease_lost_before_the_server_frees_it() {
+    let lock = fresh_lock("lost_before_server")
+        .await
+        .with_max_clock_skew(Duration::from_millis(300))
+        .unwrap();
+    let guard = lock
+        .acquire("job")
+        .expires(Duration::from_secs(1))
+        .await
+        .unwrap();
+    let lost = guard.lost().await;
+    assert!(matches!(lost, Error::LockLost { .. }), "{lost:?}");
+    // The holder gave up while the server still keeps everyone else out.
+    assert!(lock.is_locked("job").await.unwrap());
+    assert!(!lock.lock("job", "other").await.unwrap());
+}
+
+#[tokio::test]
+async fn clock_settings_that_could_repeat_a_token_are_refused() {
+    let lock = fresh_lock("clock_settings").await;
+    for after in [Duration::from_secs(1), Duration::from_secs(59)] {
+        let refused = lock.clone().with_cleanup_after(after);
+        assert!(
+            matches!(
+                refused,
+                Err(Error::InvalidDuration {
+                    what: "cleanup_after",
+                    ..
+                })
+            ),
+            "{after:?}: {refused:?}"
+        );
+    }
+    let refused = lock
+        .clone()
+        .with_max_clock_skew(mongolock::DEFAULT_CLEANUP_AFTER);
+    assert!(
+        matches!(refused, Err(Error::InvalidDuration { .. })),
+        "{refused:?}"
+    );
+    let skewed = lock.with_max_clock_skew(Duration::from_secs(90)).unwrap();
+    assert!(skewed
+        .clone()
+        .with_cleanup_after(Duration::from_secs(90))
+        .is_err());
+    assert!(skewed.with_cleanup_after(Duration::from_secs(91)).is_ok());
+}
+
+// ---- 3. 4. Nothing waits unbounded ------------------------------------------
+
+#[tokio::test]
+async fn waiter_returns_at_its_timeout_while_the_server_clock_read_stalls() {
+    let fx = FaultServer::start(&[]).await;
+    let holder = fx.lock("holder").await;
+    let waiter = fx.lock("waiter").await;
+    let _held = holder
+        .acquire("job")
+        .expires(Duration::from_secs(60))
+        .await
+        .unwrap();
+    // The waiter's connection exists, so only its clock read (a `hello`)
+    // meets the stall.
+    assert!(waiter.is_locked("job").await.unwrap());
+    fx.fail(1, "waiter", stall("hello")).await;
+    let started = Instant::now();
+    let waited = waiter
+        .acquire("job")
+        .timeout(Duration::from_millis(500))
+        .await;
+    assert!(matches!(waited, Err(Error::Locked { .. })), "{waited:?}");
+    assert!(started.elapsed() < STALL, "the wait outlived its timeout");
+}
+
+#[tokio::test]
+async fn release_returns_within_the_operation_timeout_when_the_server_stalls() {
+    let fx = FaultServer::start(&[]).await;
+    let lock = fx
+        .lock("holder")
+        .await
+        .with_operation_timeout(Duration::from_millis(500))
+        .unwrap();
+    let guard = lock
+        .acquire("job")
+        .expires(Duration::from_secs(60))
+        .await
+        .unwrap();
+    fx.fail(1, "holder", stall("update")).await;
+    let released = guard.release().await;
+    assert!(
+        matches!(released, Err(Error::TimedOut { .. })),
+        "{released:?}"
+    );
+}
+
+#[mongo_locked(key = "job", lock = lock, expires = 60)]
+async fn finished_job(lock: &MongoLock) -> Result<&'static str, Error> {
+    Ok("done")
+}
+
+#[tokio::test]
+async fn locked_function_returns_when_its_release_stalls() {
+    let fx = FaultServer::start(&[]).await;
+    let lock = fx
+        .lock("holder")
+        .await
+        .with_operation_timeout(Duration::from_millis(500))
+        .unwrap();
+    // The acquisition goes through; the release after the body stalls.
+    assert!(lock.lock("warm-up", "me").await.unwrap());
+    fx.fail(1, "holder", stall("update")).await;
+    assert_eq!(finished_job(&lock).await.unwrap(), "done");
+}
+
+// ---- 5. Transient errors during a wait --------------------------------------
+
+#[tokio::test]
+async fn waiter_rides_through_not_primary_errors_until_it_gets_the_lock() {
+    let fx = FaultServer::start(&[]).await;
+    // "Not primary" makes the driver look for a primary again; let it look
+    // as often as it may, as it would during a real election.
+    let mut options = mongodb::options::ClientOptions::parse(fx.server.uri())
+        .await
+        .unwrap();
+    options.app_name = Some("waiter".to_owned());
+    options.heartbeat_freq = Some(Duration::from_millis(500));
+    let client = mongodb::Client::with_options(options).unwrap();
+    let waiter = MongoLock::with_collection(client.database("faults").collection("lock"));
+    // An election: "not writable primary" three times, more than the
+    // driver's own single retry absorbs.
+    fx.fail(
+        3,
+        "waiter",
+        doc! { "failCommands": ["findAndModify"], "errorCode": 10107 },
+    )
+    .await;
+    let guard = waiter.acquire("job").timeout(WAIT).await.unwrap();
+    assert!(guard.release().await.unwrap());
+}
+
+#[tokio::test]
+async fn acquisition_cut_off_at_its_deadline_leaves_no_lock_behind() {
+    let fx = FaultServer::start(&[]).await;
+    let waiter = fx
+        .lock("waiter")
+        .await
+        .with_operation_timeout(Duration::from_secs(10))
+        .unwrap();
+    assert!(!waiter.is_locked("job").await.unwrap());
+    // The attempt reaches the server, which applies it only after the
+    // caller has given up.
+    fx.fail(
+        1,
+        "waiter",
+        doc! { "failCommands": ["findAndModify"], "blockConnection": true, "blockTimeMS": 1500 },
+    )
+    .await;
+    let cut = waiter
+        .acquire("job")
+        .expires(Duration::from_secs(60))
+        .timeout(Duration::from_millis(100))
+        .await;
+    assert!(matches!(cut, Err(Error::TimedOut { .. })), "{cut:?}");
+    assert!(waiter.finish_releases(WAIT).await);
+    assert!(
+        !waiter.is_locked("job").await.unwrap(),
+        "an orphaned lease is left for a whole minute"
+    );
+}
+
+// ---- 8. Wake-ups: the change stream's filter ------------------------------
+
+/// Every shape of change event a lock document produces, on MongoDB 4.4
+/// (pipeline updates reported as `replace`) and 5.0+ (as `update`), and
+/// whether a waiter can take the lock after it.
+#[tokio::test]
+async fn release_event_filter_matches_releases_in_every_event_shape() {
+    let events = fresh_collection("event_shapes").await;
+    let updated = |fields: mongodb::bson::Document, removed: Vec<&str>| {
+        doc! { "operationType": "update", "updateDescription": {
+            "updatedFields": fields, "removedFields": removed,
+        } }
+    };
+    let now = mongodb::bson::DateTime::now();
+    let shapes = [
+        (
+            "release",
+            true,
+            updated(
+                doc! { "expires_at": now, "expire": now, "locked": false },
+                vec!["owner", "claim"],
+            ),
+        ),
+        (
+            "force release in a minimum hold",
+            true,
+            updated(
+                doc! { "expires_at": now, "expire": now, "locked": false },
+                vec![],
+            ),
+        ),
+        (
+            "release by the Python package",
+            true,
+            updated(doc! { "locked": false }, vec![]),
+        ),
+        ("document deleted", true, doc! { "operationType": "delete" }),
+        (
+            "release into a minimum hold, 5.0",
+            false,
+            updated(
+                doc! { "expires_at": now, "expire": now },
+                vec!["owner", "claim"],
+            ),
+        ),
+        (
+            "renewal, 5.0",
+            false,
+            updated(doc! { "expires_at": now, "expire": now }, vec![]),
+        ),
+        (
+            "takeover, 5.0",
+            false,
+            updated(
+                doc! { "owner": "b", "token": 7_i64, "locked": true },
+                vec![],
+            ),
+        ),
+        (
+            "first acquisition",
+            false,
+            doc! { "operationType": "insert", "fullDocument": { "owner": "a", "locked": true } },
+        ),
+        (
+            "renewal, 4.4",
+            false,
+            doc! { "operationType": "replace", "fullDocument": { "owner": "a", "locked": true } },
+        ),
+        (
+            "release into a minimum hold, 4.4",
+            false,
+            doc! { "operationType": "replace", "fullDocument": { "locked": true } },
+        ),
+        (
+            "release rewritten whole, 4.4",
+            true,
+            doc! { "operationType": "replace", "fullDocument": { "locked": false } },
+        ),
+    ];
+    for (name, _, event) in &shapes {
+        let mut event = event.clone();
+        event.insert("_id", *name);
+        events.insert_one(event).await.unwrap();
+    }
+    let filter = mongolock::__private::raw::release_events()
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut cursor = events.aggregate([filter]).await.unwrap();
+    let mut matched = Vec::new();
+    while cursor.advance().await.unwrap() {
+        matched.push(cursor.current().get_str("_id").unwrap().to_owned());
+    }
+    for (name, wakes, _) in &shapes {
+        assert_eq!(matched.contains(&name.to_string()), *wakes, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn force_release_during_a_minimum_hold_wakes_a_waiter_elsewhere() {
+    let collection = fresh_collection("force_release_wakes").await;
+    let holder = MongoLock::with_collection(collection.clone());
+    let waiter = MongoLock::with_collection(collection.clone());
+    let admin = MongoLock::with_collection(collection);
+    let guard = holder
+        .acquire("job")
+        .min_hold(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(guard.release().await.unwrap());
+    let (_trace, waiting) = waiting_signal();
+    let waited = tokio::spawn(async move { waiter.acquire("job").timeout(WAIT).await });
+    waiting.notified().await;
+    assert!(admin.force_release("job").await.unwrap());
+    let guard = waited.await.unwrap().unwrap();
+    assert!(guard.release().await.unwrap());
+}
+
+// ---- 9. Release at shutdown and cancellation --------------------------------
+
+#[tokio::test]
+async fn cancelled_release_is_finished_in_the_background() {
+    let lock = fresh_lock("cancelled_release").await;
+    let guard = lock.acquire("job").await.unwrap();
+    // Polled once (the request is on its way), then dropped.
+    let cut = tokio::time::timeout(Duration::ZERO, guard.release()).await;
+    assert!(cut.is_err(), "the release finished at its first poll");
+    assert!(lock.finish_releases(WAIT).await);
+    assert!(!lock.is_locked("job").await.unwrap());
+}
+
+#[test]
+fn guard_dropped_at_the_end_of_main_is_released_by_finish_releases() {
+    // A client belongs to the runtime that made it: each run makes its own.
+    let name = format!("end_of_main_{:08x}", rand::random::<u32>());
+    let lock_in_this_runtime = || async {
+        let uri = mongolock_suite::server_uri().unwrap();
+        let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+        MongoLock::with_collection(client.database("mongolock_test").collection(&name))
+    };
+    // The shape of `#[tokio::main]`: the runtime ends right after the body.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let lock = lock_in_this_runtime().await;
+        let guard = lock.acquire("job").await.unwrap();
+        drop(guard);
+        assert!(lock.finish_releases(WAIT).await);
+    });
+    let free = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async { lock_in_this_runtime().await.lock("job", "next-run").await });
+    assert!(free.unwrap(), "the next cron run is locked out");
+}
+
+// ---- 10. Re-entry only for the Python-shaped lock(key, owner) ---------------
+
+#[tokio::test]
+async fn guards_with_one_owner_name_never_share_a_lock() {
+    let lock = fresh_lock("same_owner_guards").await;
+    let first = lock.acquire("job").owner("host-1-cron").await.unwrap();
+    let second = lock.acquire("job").owner("host-1-cron").await;
+    assert!(matches!(second, Err(Error::Locked { .. })), "{second:?}");
+    // The Python-shaped call keeps its re-entry by owner name.
+    assert!(lock.lock("py", "worker").await.unwrap());
+    assert!(lock.lock("py", "worker").await.unwrap());
+    let next = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire("job").owner("host-1-cron").timeout(WAIT).await }
+    });
+    let first_token = first.token();
+    assert!(first.release().await.unwrap());
+    let next = next.await.unwrap().unwrap();
+    assert!(next.token() > first_token);
+}
+
+// ---- 11. Changing the cleanup delay of an existing index ------------------
+
+#[tokio::test]
+async fn changed_cleanup_delay_updates_the_existing_ttl_index() {
+    let collection = fresh_collection("ttl_change").await;
+    let ttl_seconds = || async {
+        let mut cursor = collection.list_indexes().await.unwrap();
+        let mut seconds = None;
+        while cursor.advance().await.unwrap() {
+            let index = cursor.deserialize_current().unwrap();
+            if let Some(options) = index.options {
+                if options.name.as_deref() == Some("mongolock_expires_at_ttl") {
+                    seconds = options.expire_after.map(|d| d.as_secs());
+                }
+            }
+        }
+        seconds
+    };
+    let first = MongoLock::with_collection(collection.clone());
+    assert!(first.lock("job", "a").await.unwrap());
+    assert_eq!(
+        ttl_seconds().await,
+        Some(mongolock::DEFAULT_CLEANUP_AFTER.as_secs())
+    );
+    let second = MongoLock::with_collection(collection.clone())
+        .with_cleanup_after(Duration::from_secs(3600))
+        .unwrap();
+    assert!(second.lock("other", "b").await.unwrap());
+    assert_eq!(ttl_seconds().await, Some(3600));
+}
