@@ -3,6 +3,7 @@
 Called by scripts/mongo-server. Prints `uri=...` and `pid=...` on stdout when
 the server accepts connections. The server's own output goes to stderr.
 """
+import os
 import signal
 import socket
 import subprocess
@@ -28,6 +29,17 @@ def accepts(port):
         return False
 
 
+def server_env():
+    """The server's environment: ours, with SECANTUS_LD_PRELOAD (a library
+    such as libfaketime, which moves the server's clock) as its LD_PRELOAD.
+    Only the server gets it: this supervisor's own sleeps fail under it."""
+    env = dict(os.environ)
+    preload = env.pop("SECANTUS_LD_PRELOAD", None)
+    if preload:
+        env["LD_PRELOAD"] = preload
+    return env
+
+
 def start(binary, args):
     """Starts the server, retrying on another port if it dies at start-up
     (another process may take the free port first). A `--port` given in
@@ -38,6 +50,7 @@ def start(binary, args):
         extra = [] if fixed else ["--port", str(port)]
         proc = subprocess.Popen(
             [binary, "--host", "127.0.0.1", *extra, *args],
+            env=server_env(),
             stdin=subprocess.DEVNULL,
             stdout=sys.stderr,
             stderr=sys.stderr,

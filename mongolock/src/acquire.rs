@@ -311,6 +311,15 @@ impl IntoFuture for Acquire {
                         Some(interval)
                     }
                 };
+                if let Some(interval) = renew_every {
+                    if interval >= self.lock.local_lease(self.expires) {
+                        return Err(Error::InvalidDuration {
+                            what: "renew interval",
+                            duration: interval,
+                            reason: "must be shorter than the lease less the drift allowance (MongoLock::drift_allowance)",
+                        });
+                    }
+                }
                 match self.lock.attempt_until(&req).await? {
                     Attempt::Acquired { info, sent } => Ok(LockGuard::new(
                         self.lock,
