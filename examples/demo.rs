@@ -98,5 +98,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         worker.await??;
     }
     println!("all jobs done in {} ms", started.elapsed().as_millis());
+    // Releases left to the background (a job future dropped midway) must run
+    // before the runtime ends, or their locks stay taken until they expire.
+    mongolock::global()?
+        .finish_releases(Duration::from_secs(5))
+        .await;
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The runtime API against a live server: the seed's test suite, ported and
-//! fixed, and the guarantees the seed lacked.
+//! The runtime API against a live server: the Python package's test suite, ported and
+//! fixed, and the guarantees the Python package lacked.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ fn millis(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
-// ---- The seed's suite ------------------------------------------------------
+// ---- The Python package's suite ------------------------------------------------------
 
 #[tokio::test]
 async fn locked_successfully() {
@@ -66,7 +66,7 @@ async fn release_frees_the_lock() {
     assert_eq!(info.owner, None, "the document stays, without owner");
 }
 
-// The seed's version never called release.
+// The Python package's version never called release.
 #[tokio::test]
 async fn release_by_other_owner_keeps_lock() {
     let lock = fresh_lock("release_by_other_owner").await;
@@ -144,7 +144,7 @@ async fn touch_extends_lease_from_server_now() {
     assert_eq!(after.token, before.token);
 }
 
-// The seed's version lacked the `test_` prefix and never ran. Its intent: a
+// The Python package's version lacked the `test_` prefix and never ran. Its intent: a
 // touch without a lease given still extends the lock (here: by the default).
 #[tokio::test]
 async fn touch_without_expires_uses_default_lease() {
@@ -181,7 +181,7 @@ async fn lock_built_from_a_collection() {
 }
 
 #[tokio::test]
-async fn lock_built_from_a_connection_string_uses_seed_defaults() {
+async fn lock_built_from_a_connection_string_uses_the_python_package_defaults() {
     let lock = MongoLock::connect(&server_uri().unwrap()).await.unwrap();
     assert_eq!(lock.collection().namespace().to_string(), "mongolock.lock");
     let key = mongolock::unique_owner();
@@ -189,7 +189,7 @@ async fn lock_built_from_a_connection_string_uses_seed_defaults() {
     assert!(lock.release(&key, "owner").await.unwrap());
 }
 
-// ---- Beyond the seed -------------------------------------------------------
+// ---- Beyond the Python package -------------------------------------------------------
 
 #[tokio::test]
 async fn lock_by_current_owner_succeeds_and_renews() {

@@ -1,4 +1,4 @@
-//! Taking a lock: the seed's `lock()` and the guard-returning `acquire()`.
+//! Taking a lock: the Python package's `lock()` and the guard-returning `acquire()`.
 
 use std::future::IntoFuture;
 use std::time::Duration;

@@ -22,7 +22,7 @@
 //! # async fn demo() -> mongolock::Result<()> {
 //! let lock = MongoLock::connect("mongodb://localhost:27017").await?;
 //!
-//! // The seed's method form.
+//! // The Python package's method form.
 //! if lock.lock("report", "worker-1").expires(Duration::from_secs(60)).await? {
 //!     lock.touch("report", "worker-1").expires(Duration::from_secs(60)).await?;
 //!     lock.release("report", "worker-1").await?;

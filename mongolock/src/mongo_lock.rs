@@ -18,9 +18,9 @@ use crate::validate;
 use crate::wait::Backoff;
 use crate::wake::Wakeups;
 
-/// The database [`MongoLock::new`] uses, as in the seed.
+/// The database [`MongoLock::new`] uses, as in the Python package.
 pub const DEFAULT_DATABASE: &str = "mongolock";
-/// The collection [`MongoLock::new`] uses, as in the seed.
+/// The collection [`MongoLock::new`] uses, as in the Python package.
 pub const DEFAULT_COLLECTION: &str = "lock";
 /// The lease when none is given.
 pub const DEFAULT_EXPIRES: Duration = Duration::from_secs(60);
@@ -129,7 +129,7 @@ impl MongoLock {
         Self::with_collection(collection)
     }
 
-    /// Connects with a connection string, like the seed's
+    /// Connects with a connection string, like the Python package's
     /// `MongoLock('localhost:27017')`, and uses [`MongoLock::new`]'s defaults.
     ///
     /// A malformed string gives [`Error::InvalidUri`], whose message never
@@ -285,13 +285,13 @@ impl MongoLock {
     }
 
     /// Tries to take `key` for `owner`; resolves to `true` if `owner` holds it
-    /// afterwards. The seed's `lock(key, owner, expire, timeout)`.
+    /// afterwards. The Python package's `lock(key, owner, expire, timeout)`.
     ///
     /// Without [`timeout`](Lock::timeout) it makes a single attempt; with one
     /// it retries until the deadline. The lease (default 60 s) starts when the
     /// lock is taken.
     ///
-    /// Unlike the seed, an attempt by the current holder succeeds and renews
+    /// Unlike the Python package, an attempt by the current holder succeeds and renews
     /// the lease: a retry after a lost reply must not lock you out of your own
     /// lock. Give each worker its own owner, or use [`acquire`](Self::acquire),
     /// which makes a unique one.
@@ -300,8 +300,8 @@ impl MongoLock {
     }
 
     /// Takes `key` and returns a [`LockGuard`](crate::LockGuard) that releases
-    /// it. The seed's context manager: on timeout it fails with
-    /// [`Error::Locked`], the seed's `MongoLockLocked`.
+    /// it. The Python package's context manager: on timeout it fails with
+    /// [`Error::Locked`], the Python package's `MongoLockLocked`.
     pub fn acquire(&self, key: impl Into<String>) -> Acquire {
         Acquire::new(self.clone(), key.into())
     }

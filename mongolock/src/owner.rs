@@ -6,7 +6,7 @@ use rand::Rng;
 ///
 /// The host and process make it readable in `get_lock_info`; the 64 random
 /// bits make it unique, so two acquisitions never share an owner and one can
-/// never release or renew the other's lock (the seed's shared-name trap).
+/// never release or renew the other's lock (the Python package's shared-name trap).
 pub fn unique_owner() -> String {
     let suffix: u64 = rand::rng().random();
     format!("{}:{}:{suffix:016x}", host_name(), std::process::id())
