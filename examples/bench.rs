@@ -377,6 +377,19 @@ async fn main() -> Result<()> {
         "<= 1.02",
     );
 
+    let lock = bench.lock("macro").await?;
+    let (sized_macro, sized_manual) = (
+        std::mem::size_of_val(&annotated(&lock, 0)),
+        std::mem::size_of_val(&manual(&lock, 0)),
+    );
+    row(
+        "2. #[mongo_locked] future size",
+        &format!("{sized_macro} bytes"),
+        &format!("{sized_manual} bytes (manual acquire/release)"),
+        &format!("{:.2}", sized_macro as f64 / sized_manual as f64),
+        "<= 1.5",
+    );
+
     const WAITERS: usize = 4;
     let holder = bench.lock("handoff").await?;
     let polling = |lock: MongoLock| -> Result<MongoLock> {

@@ -29,6 +29,19 @@ def accepts(port):
         return False
 
 
+def die_with_parent():
+    """Runs in the server's process before it starts: the kernel stops it
+    when this supervisor dies, however it dies, so no server outlives its
+    test run."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 def server_env():
     """The server's environment: ours, with SECANTUS_LD_PRELOAD (a library
     such as libfaketime, which moves the server's clock) as its LD_PRELOAD.
@@ -51,6 +64,7 @@ def start(binary, args):
         proc = subprocess.Popen(
             [binary, "--host", "127.0.0.1", *extra, *args],
             env=server_env(),
+            preexec_fn=die_with_parent,
             stdin=subprocess.DEVNULL,
             stdout=sys.stderr,
             stderr=sys.stderr,

@@ -8,7 +8,7 @@ use crate::duration;
 
 /// Every argument name, in the order the docs list them.
 pub(crate) const NAMES: &[&str] = &[
-    "key", "expires", "timeout", "renew", "min_hold", "owner", "lock", "crate",
+    "key", "expires", "timeout", "renew", "min_hold", "on_busy", "owner", "lock", "crate",
 ];
 
 /// How the key is given.
@@ -20,11 +20,19 @@ pub(crate) enum Key {
     Expr(Expr),
 }
 
-/// A duration argument, in milliseconds, with the expression it came from.
+/// A duration literal, in milliseconds, with the expression it came from.
 #[cfg_attr(test, derive(Debug))]
 pub(crate) struct Millis {
     pub(crate) millis: u64,
     pub(crate) source: Expr,
+}
+
+/// A duration argument: a literal checked at compile time, or an
+/// expression (a `Duration`, or whole seconds) checked at run time.
+#[cfg_attr(test, derive(Debug))]
+pub(crate) enum Dur {
+    Literal(Millis),
+    Expr(Expr),
 }
 
 /// Background renewal.
@@ -36,6 +44,8 @@ pub(crate) enum Renew {
     Off,
     /// `renew = "10s"`: at that interval.
     Every(Millis),
+    /// `renew = cfg.renew`: a `bool` or a `Duration`, at run time.
+    Expr(Expr),
 }
 
 /// The parsed and checked arguments.
@@ -43,10 +53,12 @@ pub(crate) enum Renew {
 #[cfg_attr(test, derive(Debug))]
 pub(crate) struct Args {
     pub(crate) key: Option<Key>,
-    pub(crate) expires: Option<Millis>,
-    pub(crate) timeout: Option<Millis>,
+    pub(crate) expires: Option<Dur>,
+    pub(crate) timeout: Option<Dur>,
     pub(crate) renew: Option<Renew>,
-    pub(crate) min_hold: Option<Millis>,
+    pub(crate) min_hold: Option<Dur>,
+    /// `on_busy = skip`: a busy lock returns `Ok(())` / `Ok(None)`.
+    pub(crate) skip_when_busy: Option<bool>,
     pub(crate) owner: Option<Expr>,
     pub(crate) lock: Option<Expr>,
     pub(crate) krate: Option<Path>,
@@ -86,6 +98,7 @@ impl Args {
                 "timeout" => args.timeout.is_some(),
                 "renew" => args.renew.is_some(),
                 "min_hold" => args.min_hold.is_some(),
+                "on_busy" => args.skip_when_busy.is_some(),
                 "owner" => args.owner.is_some(),
                 "lock" => args.lock.is_some(),
                 "crate" => args.krate.is_some(),
@@ -109,20 +122,20 @@ impl Args {
             }
             let parsed = match text.as_str() {
                 "key" => key(value).map(|k| args.key = Some(k)),
-                "expires" => millis(value).and_then(|m| {
-                    if m.millis == 0 {
-                        Err(syn::Error::new_spanned(
-                            &m.source,
-                            "`expires` must be at least 1 millisecond",
-                        ))
-                    } else {
-                        args.expires = Some(m);
+                "expires" => duration(value).and_then(|d| match d {
+                    Dur::Literal(m) if m.millis == 0 => Err(syn::Error::new_spanned(
+                        &m.source,
+                        "`expires` must be at least 1 millisecond",
+                    )),
+                    d => {
+                        args.expires = Some(d);
                         Ok(())
                     }
                 }),
-                "timeout" => millis(value).map(|m| args.timeout = Some(m)),
+                "timeout" => duration(value).map(|d| args.timeout = Some(d)),
                 "renew" => renew(value).map(|r| args.renew = Some(r)),
-                "min_hold" => millis(value).map(|m| args.min_hold = Some(m)),
+                "min_hold" => duration(value).map(|d| args.min_hold = Some(d)),
+                "on_busy" => on_busy(value).map(|skip| args.skip_when_busy = Some(skip)),
                 "owner" => {
                     args.owner = Some(value);
                     Ok(())
@@ -174,25 +187,44 @@ fn renew(value: Expr) -> syn::Result<Renew> {
         Expr::Lit(ExprLit {
             lit: Lit::Bool(b), ..
         }) => Ok(if b.value { Renew::On } else { Renew::Off }),
-        other => {
-            let interval = millis(other)?;
-            if interval.millis == 0 {
-                return Err(syn::Error::new_spanned(
-                    &interval.source,
-                    "the renew interval must be at least 1 millisecond",
-                ));
-            }
-            Ok(Renew::Every(interval))
-        }
+        other => match duration(other)? {
+            Dur::Literal(interval) if interval.millis == 0 => Err(syn::Error::new_spanned(
+                &interval.source,
+                "the renew interval must be at least 1 millisecond",
+            )),
+            Dur::Literal(interval) => Ok(Renew::Every(interval)),
+            Dur::Expr(expr) => Ok(Renew::Expr(expr)),
+        },
     }
 }
 
-fn millis(value: Expr) -> syn::Result<Millis> {
+/// A literal (`60`, `"1500ms"`, `-1`) is checked now; any other expression
+/// when the function runs.
+fn duration(value: Expr) -> syn::Result<Dur> {
+    let literal = match &value {
+        Expr::Lit(_) => true,
+        Expr::Unary(unary) => matches!(*unary.expr, Expr::Lit(_)),
+        _ => false,
+    };
+    if !literal {
+        return Ok(Dur::Expr(value));
+    }
     let millis = duration::parse_millis(&value)?;
-    Ok(Millis {
+    Ok(Dur::Literal(Millis {
         millis,
         source: value,
-    })
+    }))
+}
+
+fn on_busy(value: Expr) -> syn::Result<bool> {
+    match &value {
+        Expr::Path(p) if p.path.is_ident("skip") => Ok(true),
+        Expr::Path(p) if p.path.is_ident("error") => Ok(false),
+        _ => Err(syn::Error::new_spanned(
+            value,
+            "expected `on_busy = skip` (return `Ok(())` or `Ok(None)` without running the body) or `on_busy = error` (the default: `Err(Locked)`)",
+        )),
+    }
 }
 
 /// Collects errors so that all of them are shown at once.
@@ -221,6 +253,13 @@ mod tests {
         Args::parse(tokens).map_err(|e| e.to_string())
     }
 
+    fn literal(d: Option<Dur>) -> Option<u64> {
+        match d {
+            Some(Dur::Literal(m)) => Some(m.millis),
+            _ => None,
+        }
+    }
+
     #[test]
     fn all_arguments() {
         let args = parse(quote!(
@@ -233,8 +272,8 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(args.key, Some(Key::Template(_))));
-        assert_eq!(args.expires.map(|m| m.millis), Some(60_000));
-        assert_eq!(args.timeout.map(|m| m.millis), Some(1500));
+        assert_eq!(literal(args.expires), Some(60_000));
+        assert_eq!(literal(args.timeout), Some(1500));
         assert!(args.owner.is_some() && args.lock.is_some());
         assert_eq!(
             args.krate.map(|p| quote!(#p).to_string()),
@@ -255,6 +294,7 @@ mod tests {
             let value = match *name {
                 "key" => quote!("k"),
                 "expires" | "timeout" | "min_hold" => quote!(5),
+                "on_busy" => quote!(skip),
                 "renew" => quote!(true),
                 "crate" => quote!(::m),
                 _ => quote!(x),
@@ -270,7 +310,7 @@ mod tests {
         let err = parse(quote!(key = "k", expire = 5)).unwrap_err();
         assert_eq!(
             err,
-            "unknown argument `expire`; expected one of: key, expires, timeout, renew, min_hold, owner, lock, crate"
+            "unknown argument `expire`; expected one of: key, expires, timeout, renew, min_hold, on_busy, owner, lock, crate"
         );
     }
 
@@ -298,18 +338,52 @@ mod tests {
             every.renew,
             Some(Renew::Every(Millis { millis: 5000, .. }))
         ));
-        assert_eq!(every.min_hold.map(|m| m.millis), Some(120_000));
+        assert_eq!(literal(every.min_hold), Some(120_000));
         assert!(parse(quote!(key = "k", renew = 0)).is_err());
         assert!(parse(quote!(key = "k", renew = "often")).is_err());
+        let configured = parse(quote!(key = "k", renew = cfg.renew)).unwrap();
+        assert!(matches!(configured.renew, Some(Renew::Expr(_))));
+    }
+
+    #[test]
+    fn durations_from_expressions_are_checked_at_run_time() {
+        let args = parse(quote!(
+            key = "k",
+            expires = LEASE,
+            timeout = cfg.timeout,
+            min_hold = hold()
+        ))
+        .unwrap();
+        assert!(matches!(args.expires, Some(Dur::Expr(_))));
+        assert!(matches!(args.timeout, Some(Dur::Expr(_))));
+        assert!(matches!(args.min_hold, Some(Dur::Expr(_))));
+        // Literals are still checked now.
+        assert!(parse(quote!(key = "k", expires = -1)).is_err());
+        assert!(parse(quote!(key = "k", expires = "5 parsecs")).is_err());
+    }
+
+    #[test]
+    fn on_busy_takes_skip_or_error() {
+        assert_eq!(
+            parse(quote!(key = "k", on_busy = skip))
+                .unwrap()
+                .skip_when_busy,
+            Some(true)
+        );
+        assert_eq!(
+            parse(quote!(key = "k", on_busy = error))
+                .unwrap()
+                .skip_when_busy,
+            Some(false)
+        );
+        assert!(parse(quote!(key = "k", on_busy = "skip")).is_err());
+        assert!(parse(quote!(key = "k", on_busy = wait)).is_err());
     }
 
     #[test]
     fn zero_timeout_is_a_single_attempt() {
         assert_eq!(
-            parse(quote!(key = "k", timeout = 0))
-                .unwrap()
-                .timeout
-                .map(|m| m.millis),
+            literal(parse(quote!(key = "k", timeout = 0)).unwrap().timeout),
             Some(0)
         );
     }

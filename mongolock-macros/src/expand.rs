@@ -1,17 +1,21 @@
 //! Rewrites the annotated `async fn`.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, Ident, ItemFn, LitStr, Member, Pat, ReturnType, Stmt};
 
-use crate::args::{Args, Errors, Key, Millis, Renew};
+use crate::args::{Args, Dur, Errors, Key, Renew};
 use crate::template::{self, Segment};
 
 /// The whole macro: on any error, the function is emitted unchanged next to
 /// the errors, so the rest of the crate (and the IDE) still sees it.
+///
+/// Further `#[mongo_locked]` attributes below this one are expanded here
+/// too, so that stacked locks nest in reading order: the top one is taken
+/// first and released last.
 pub(crate) fn mongo_locked(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let func: ItemFn = match syn::parse2(item.clone()) {
+    let mut func: ItemFn = match syn::parse2(item.clone()) {
         Ok(func) => func,
         Err(_) => {
             let error = syn::Error::new(
@@ -21,50 +25,110 @@ pub(crate) fn mongo_locked(attr: TokenStream, item: TokenStream) -> TokenStream 
             return with_error(item, error);
         }
     };
+    let mut layers = vec![attr];
     let mut errors = Errors::default();
+    func.attrs.retain(|a| {
+        let ours = a
+            .path()
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "mongo_locked");
+        if ours {
+            match &a.meta {
+                syn::Meta::List(list) => layers.push(list.tokens.clone()),
+                syn::Meta::Path(_) => layers.push(TokenStream::new()),
+                syn::Meta::NameValue(nv) => errors.push(syn::Error::new_spanned(
+                    nv,
+                    "expected `#[mongo_locked(key = \"...\", ...)]`",
+                )),
+            }
+        }
+        !ours
+    });
+    check_shape(&func, &mut errors);
+    let mut parsed = Vec::new();
+    for attr in layers {
+        let args = match Args::parse(attr) {
+            Ok(args) => args,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let key = match &args.key {
+            None => {
+                errors.push(syn::Error::new(
+                    Span::call_site(),
+                    "missing `key = \"...\"`: `#[mongo_locked(key = \"job:{arg}\")]`",
+                ));
+                continue;
+            }
+            Some(Key::Expr(expr)) => quote! {
+                ::core::convert::Into::<::std::string::String>::into(#expr)
+            },
+            Some(Key::Template(lit)) => match key_from_template(lit, &func) {
+                Ok(tokens) => tokens,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            },
+        };
+        parsed.push((args, key));
+    }
+    if let Err(e) = errors.finish() {
+        return with_error(quote!(#func), e);
+    }
+    // The bottom lock is wrapped first, so the top one ends up outermost.
+    for (args, key) in parsed.iter().rev() {
+        func = wrap(args, key, func);
+    }
+    quote!(#func)
+}
+
+/// Refuses what is not an `async fn`, or `#[async_trait]`'s rewrite of one,
+/// naming the fix where the cause is known.
+fn check_shape(func: &ItemFn, errors: &mut Errors) {
     if let Some(constness) = &func.sig.constness {
         errors.push(syn::Error::new_spanned(
             constness,
             "`#[mongo_locked]` cannot be used on a `const fn`",
         ));
-    } else if func.sig.asyncness.is_none() {
+    } else if func.sig.asyncness.is_some() || boxed_async_block(&func.block).is_some() {
+    } else if func
+        .block
+        .to_token_stream()
+        .to_string()
+        .contains("block_on")
+    {
+        errors.push(syn::Error::new_spanned(
+            func.sig.fn_token,
+            "`#[mongo_locked]` must come before (above) `#[tokio::main]` or `#[tokio::test]`, which have already turned this `async fn` into a plain one: write `#[mongo_locked(...)]` first, or put it on the job function that `main` or the test calls",
+        ));
+    } else {
         errors.push(syn::Error::new_spanned(
             func.sig.fn_token,
             "`#[mongo_locked]` works on `async fn` only: the lock is taken and released with `.await`",
         ));
     }
-    let args = match Args::parse(attr) {
-        Ok(args) => Some(args),
-        Err(e) => {
-            errors.push(e);
-            None
-        }
+}
+
+/// `#[async_trait]`'s rewrite of an `async fn`: a plain `fn` whose body is
+/// `Box::pin(async move { .. })`. The lock is taken inside that block, so
+/// inside the boxed future.
+fn boxed_async_block(block: &syn::Block) -> Option<&Expr> {
+    let [Stmt::Expr(Expr::Call(call), None)] = block.stmts.as_slice() else {
+        return None;
     };
-    let key = args.as_ref().and_then(|args| match &args.key {
-        None => {
-            errors.push(syn::Error::new(
-                Span::call_site(),
-                "missing `key = \"...\"`: `#[mongo_locked(key = \"job:{arg}\")]`",
-            ));
-            None
+    let Expr::Path(path) = &*call.func else {
+        return None;
+    };
+    let is_pin = path.path.segments.last().is_some_and(|s| s.ident == "pin");
+    match call.args.first() {
+        Some(arg @ Expr::Async(a)) if is_pin && call.args.len() == 1 && a.capture.is_some() => {
+            Some(arg)
         }
-        Some(Key::Expr(expr)) => Some(quote! {
-            ::core::convert::Into::<::std::string::String>::into(#expr)
-        }),
-        Some(Key::Template(lit)) => match key_from_template(lit, &func) {
-            Ok(tokens) => Some(tokens),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        },
-    });
-    if let Err(e) = errors.finish() {
-        return with_error(item, e);
-    }
-    match (args, key) {
-        (Some(args), Some(key)) => wrap(&args, key, func),
-        _ => item,
+        _ => None,
     }
 }
 
@@ -104,7 +168,7 @@ fn key_from_template(lit: &LitStr, func: &ItemFn) -> syn::Result<TokenStream> {
         let root = if root == "self" {
             quote_spanned!(lit.span()=> self)
         } else {
-            let ident = Ident::new(root, lit.span());
+            let ident = ident(root, lit.span());
             quote!(#ident)
         };
         let fields = path[1..].iter().map(|field| {
@@ -113,14 +177,25 @@ fn key_from_template(lit: &LitStr, func: &ItemFn) -> syn::Result<TokenStream> {
                     index,
                     span: lit.span(),
                 }),
-                Err(_) => Member::Named(Ident::new(field, lit.span())),
+                Err(_) => Member::Named(ident(field, lit.span())),
             };
             quote!(.#member)
         });
-        values.push(quote!(&#root #(#fields)*));
+        values.push(quote_spanned!(lit.span()=> &#root #(#fields)*));
     }
     let format = LitStr::new(&template::format_string(&segments), lit.span());
-    Ok(quote!(::std::format!(#format #(, #values)*)))
+    // Spanned on the literal, so that a value that is not `Display` is
+    // reported there.
+    Ok(quote_spanned!(lit.span()=> ::std::format!(#format #(, #values)*)))
+}
+
+/// An identifier, raw (`r#type`) where the name is a keyword.
+fn ident(name: &str, span: Span) -> Ident {
+    if syn::parse_str::<Ident>(name).is_ok() {
+        Ident::new(name, span)
+    } else {
+        Ident::new_raw(name, span)
+    }
 }
 
 /// Every name the function's parameters bind, `self` included.
@@ -138,7 +213,7 @@ fn bound_names(func: &ItemFn) -> Vec<String> {
 fn pattern_names(pat: &Pat, names: &mut Vec<String>) {
     match pat {
         Pat::Ident(p) => {
-            names.push(p.ident.to_string());
+            names.push(syn::ext::IdentExt::unraw(&p.ident).to_string());
             if let Some((_, sub)) = &p.subpat {
                 pattern_names(sub, names);
             }
@@ -156,53 +231,183 @@ fn pattern_names(pat: &Pat, names: &mut Vec<String>) {
 
 /// The rewritten function: take the lock, run the body in an inner
 /// `async move` block (so `return` and `?` leave the block, not the
-/// function), release, return the body's result.
-fn wrap(args: &Args, key: TokenStream, mut func: ItemFn) -> TokenStream {
-    let (sig, block) = (&func.sig, &func.block);
-    let krate = args
-        .krate
-        .as_ref()
-        .map_or_else(|| quote!(::mongolock), |path| quote!(#path));
-    let ret = match &sig.output {
-        ReturnType::Default => quote!(()),
-        ReturnType::Type(_, ty) => quote!(#ty),
+/// function), release, return the body's result. For `#[async_trait]`'s
+/// rewrite, the same happens inside its boxed `async move` block.
+fn wrap(args: &Args, key: &TokenStream, mut func: ItemFn) -> ItemFn {
+    let krate = match (&args.krate, crate::krate::renamed()) {
+        (Some(path), _) => quote!(#path),
+        (None, Some(renamed)) => {
+            let name = Ident::new(&renamed, Span::call_site());
+            quote!(::#name)
+        }
+        (None, None) => quote!(::mongolock),
     };
-    let ret_span = sig.output.span();
+    // The return type's first token (spans cannot be joined on stable).
+    let ret_span = match &func.sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => func.sig.output.span(),
+    };
     // Hidden names: mixed-site hygiene keeps them out of the user's reach.
+    // The body's output is kept while the lock is released, so the future
+    // is `Send` only if the output is: the name says so in the compiler's
+    // "not `Send`" error.
     let hidden = |name: &str| format_ident!("__mongolock_{}", name, span = Span::mixed_site());
-    let (lock, guard, error, result) = (
+    let (lock, guard, error, result, busy) = (
         hidden("lock"),
         hidden("guard"),
         hidden("error"),
-        hidden("result"),
+        // At the return type, so that a "not `Send`" error points there.
+        format_ident!(
+            "__mongolock_output",
+            span = ret_span.resolved_at(Span::mixed_site())
+        ),
+        hidden("busy_key"),
     );
-    let from_lock_error = quote_spanned! {ret_span=>
-        <#ret as #krate::__private::FromLockError>::from_lock_error
+    // Converted by inference from where it is returned: the return type is
+    // never written out (it may hold `impl Trait`). Spanned on the return
+    // type, where a type that cannot carry the error is reported.
+    let from_lock_error = |error: &Ident| {
+        let path = respan(quote!(#krate::__private::from_lock_error), ret_span);
+        quote_spanned!(ret_span=> #path(#error))
     };
+    let convert = from_lock_error(&error);
     let lock_source = match &args.lock {
         Some(expr) => quote!(#expr),
         None => quote! {
             match #krate::__private::global() {
                 ::core::result::Result::Ok(#lock) => #lock,
-                ::core::result::Result::Err(#error) => return #from_lock_error(#error),
+                ::core::result::Result::Err(#error) => return #convert,
             }
         },
     };
-    let duration = |m: &Millis| {
-        let millis = m.millis;
-        quote!(::core::time::Duration::from_millis(#millis))
+    let duration = |what: &str, d: &Dur| match d {
+        Dur::Literal(m) => {
+            let millis = m.millis;
+            quote!(::core::time::Duration::from_millis(#millis))
+        }
+        Dur::Expr(expr) => quote! {
+            match #krate::__private::LockDuration::lock_duration(#expr, #what) {
+                ::core::result::Result::Ok(d) => d,
+                ::core::result::Result::Err(#error) => return #convert,
+            }
+        },
     };
-    let expires = args
-        .expires
-        .as_ref()
-        .map(duration)
-        .map(|d| quote!(.expires(#d)));
-    let timeout = args
-        .timeout
-        .as_ref()
-        .map(duration)
-        .map(|d| quote!(.timeout(#d)));
-    let fake_return = quote_spanned! {ret_span=>
+    let option = |name: &str, d: &Option<Dur>| {
+        d.as_ref().map(|d| {
+            let method = Ident::new(name, Span::call_site());
+            let value = duration(name, d);
+            quote!(.#method(#value))
+        })
+    };
+    let expires = option("expires", &args.expires);
+    let timeout = option("timeout", &args.timeout);
+    let min_hold = option("min_hold", &args.min_hold);
+    let owner = args.owner.as_ref().map(|o| quote!(.owner(#o)));
+    let mut acquire = quote!(#lock.acquire(#key) #expires #timeout #min_hold #owner);
+    match &args.renew {
+        None | Some(Renew::Off) => {}
+        Some(Renew::On) => acquire = quote!(#acquire.renew(true)),
+        Some(Renew::Every(m)) => {
+            let millis = m.millis;
+            acquire = quote!(#acquire.renew_every(::core::time::Duration::from_millis(#millis)));
+        }
+        Some(Renew::Expr(expr)) => {
+            acquire = quote!(#krate::__private::RenewOption::apply(#expr, #acquire));
+        }
+    }
+    let skip = args.skip_when_busy.unwrap_or(false).then(|| {
+        let skipped = respan(quote!(#krate::__private::skipped), ret_span);
+        quote! {
+            ::core::result::Result::Err(#krate::Error::Locked { key: #busy, .. }) => {
+                return #skipped(&#busy);
+            }
+        }
+    });
+    let inner = match boxed_async_block(&func.block) {
+        Some(boxed) => quote!(#boxed),
+        None => {
+            let block = &func.block;
+            let fake_return = return_type_hint(&func.sig.output, &hidden("return_type"));
+            quote! {
+                async move {
+                    #fake_return
+                    #block
+                }
+            }
+        }
+    };
+    // With renewal, a lost lock cancels the body at its next await point.
+    let run = if matches!(args.renew, None | Some(Renew::Off)) {
+        quote!(#inner.await)
+    } else {
+        quote! {
+            match #krate::__private::until_lost(&#guard, #inner).await {
+                ::core::result::Result::Ok(#result) => #result,
+                ::core::result::Result::Err(#error) => {
+                    #krate::__private::release(#guard).await;
+                    return #convert;
+                }
+            }
+        }
+    };
+    let body = quote! {
+            let #guard = {
+                let #lock: &#krate::MongoLock = #lock_source;
+                match #acquire.await {
+                    ::core::result::Result::Ok(#guard) => #guard,
+                    #skip
+                    ::core::result::Result::Err(#error) => return #convert,
+                }
+            };
+            let #result = #run;
+            #krate::__private::release(#guard).await;
+            #result
+    };
+    if boxed_async_block(&func.block).is_some() {
+        // Keep `Box::pin(...)` as `#[async_trait]` wrote it; replace its
+        // block with ours around it.
+        if let [Stmt::Expr(Expr::Call(call), None)] = func.block.stmts.as_mut_slice() {
+            if let Some(arg) = call.args.first_mut() {
+                *arg = Expr::Verbatim(quote!(async move { #body }));
+            }
+        }
+    } else {
+        // Everything around the body (attributes, docs, visibility,
+        // generics, where-clauses) is kept as written.
+        func.block.stmts = vec![Stmt::Expr(Expr::Verbatim(body), None)];
+    }
+    func
+}
+
+/// `tokens` with every span set to `span`, so that an error about them is
+/// reported there (the user's return type) rather than on the attribute.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                token = proc_macro2::TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
+}
+
+/// A never-taken `return` of the function's return type, spanned on it,
+/// that tells type inference what the inner block returns. `impl Trait`
+/// in it becomes `_`: it may not be written in a `let`.
+fn return_type_hint(output: &ReturnType, result: &Ident) -> TokenStream {
+    let mut ret = match output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    syn::visit_mut::VisitMut::visit_type_mut(&mut ImplTraitEraser, &mut ret);
+    quote_spanned! {output.span()=>
         #[allow(
             unknown_lints,
             unreachable_code,
@@ -214,57 +419,23 @@ fn wrap(args: &Args, key: TokenStream, mut func: ItemFn) -> TokenStream {
             let #result: #ret = loop {};
             return #result;
         }
-    };
-    let owner = args.owner.as_ref().map(|o| quote!(.owner(#o)));
-    let min_hold = args
-        .min_hold
-        .as_ref()
-        .map(duration)
-        .map(|d| quote!(.min_hold(#d)));
-    let renew = match &args.renew {
-        None | Some(Renew::Off) => None,
-        Some(Renew::On) => Some(quote!(.renew(true))),
-        Some(Renew::Every(m)) => {
-            let d = duration(m);
-            Some(quote!(.renew_every(#d)))
+    }
+}
+
+/// Replaces `impl Trait` with `_` (as `tracing-attributes` does).
+struct ImplTraitEraser;
+
+impl syn::visit_mut::VisitMut for ImplTraitEraser {
+    fn visit_type_mut(&mut self, ty: &mut syn::Type) {
+        if let syn::Type::ImplTrait(impl_trait) = ty {
+            *ty = syn::Type::Infer(syn::TypeInfer {
+                attrs: Vec::new(),
+                underscore_token: syn::Token![_](impl_trait.impl_token.span),
+            });
+            return;
         }
-    };
-    let inner = quote! {
-        async move {
-            #fake_return
-            #block
-        }
-    };
-    // With renewal, a lost lock cancels the body at its next await point.
-    let run = if renew.is_some() {
-        quote! {
-            match #krate::__private::until_lost(&#guard, #inner).await {
-                ::core::result::Result::Ok(#result) => #result,
-                ::core::result::Result::Err(#error) => {
-                    #krate::__private::release(#guard).await;
-                    return #from_lock_error(#error);
-                }
-            }
-        }
-    } else {
-        quote!(#inner.await)
-    };
-    let body = quote! {
-            let #guard = {
-                let #lock: &#krate::MongoLock = #lock_source;
-                match #lock.acquire(#key) #expires #timeout #renew #min_hold #owner .await {
-                    ::core::result::Result::Ok(#guard) => #guard,
-                    ::core::result::Result::Err(#error) => return #from_lock_error(#error),
-                }
-            };
-            let #result = #run;
-            #krate::__private::release(#guard).await;
-            #result
-    };
-    // Everything around the body (attributes, docs, visibility, generics,
-    // where-clauses) is kept as written.
-    func.block.stmts = vec![Stmt::Expr(Expr::Verbatim(body), None)];
-    quote!(#func)
+        syn::visit_mut::visit_type_mut(self, ty);
+    }
 }
 
 #[cfg(test)]
@@ -302,7 +473,7 @@ mod tests {
                     let __mongolock_lock: &::mongolock::MongoLock = match ::mongolock::__private::global() {
                         ::core::result::Result::Ok(__mongolock_lock) => __mongolock_lock,
                         ::core::result::Result::Err(__mongolock_error) => {
-                            return <Result<u64, AppError> as ::mongolock::__private::FromLockError>::from_lock_error(__mongolock_error)
+                            return ::mongolock::__private::from_lock_error(__mongolock_error)
                         }
                     };
                     match __mongolock_lock
@@ -313,11 +484,11 @@ mod tests {
                     {
                         ::core::result::Result::Ok(__mongolock_guard) => __mongolock_guard,
                         ::core::result::Result::Err(__mongolock_error) => {
-                            return <Result<u64, AppError> as ::mongolock::__private::FromLockError>::from_lock_error(__mongolock_error)
+                            return ::mongolock::__private::from_lock_error(__mongolock_error)
                         }
                     }
                 };
-                let __mongolock_result = async move {
+                let __mongolock_output = async move {
                     #[allow(
                         unknown_lints,
                         unreachable_code,
@@ -326,8 +497,8 @@ mod tests {
                         clippy::needless_return
                     )]
                     if false {
-                        let __mongolock_result: Result<u64, AppError> = loop {};
-                        return __mongolock_result;
+                        let __mongolock_return_type: Result<u64, AppError> = loop {};
+                        return __mongolock_return_type;
                     }
                     {
                         Ok(user.id)
@@ -335,7 +506,7 @@ mod tests {
                 }
                 .await;
                 ::mongolock::__private::release(__mongolock_guard).await;
-                __mongolock_result
+                __mongolock_output
             }
         });
         assert_eq!(actual, expected);
@@ -397,5 +568,72 @@ mod tests {
         })
         .expect("parses");
         assert_eq!(bound_names(&func), ["self", "x", "a", "b", "first", "r"]);
+    }
+
+    #[test]
+    fn stacked_locks_nest_in_reading_order() {
+        let actual = expand(
+            quote!(key = "outer"),
+            quote! {
+                #[mongo_locked(key = "inner")]
+                async fn job() -> Result<(), E> { Ok(()) }
+            },
+        );
+        let outer = actual.find("\"outer\"").expect("outer lock");
+        let inner = actual.find("\"inner\"").expect("inner lock");
+        assert!(outer < inner, "the top lock must be taken first: {actual}");
+        assert!(!actual.contains("mongo_locked("), "expanded once: {actual}");
+    }
+
+    #[test]
+    fn async_trait_method_is_locked_inside_its_boxed_future() {
+        let actual = expand(
+            quote!(key = "job:{id}"),
+            quote! {
+                fn run<'life0, 'async_trait>(&'life0 self, id: u32)
+                    -> ::core::pin::Pin<Box<dyn ::core::future::Future<Output = Result<(), E>> + Send + 'async_trait>>
+                where Self: 'async_trait
+                {
+                    Box::pin(async move {
+                        let __self = self;
+                        let id = id;
+                        let __ret: Result<(), E> = { Ok(()) };
+                        __ret
+                    })
+                }
+            },
+        );
+        let boxed = actual.find("Box::pin(async move {").expect("still boxed");
+        let acquire = actual.find(".acquire(").expect("acquires");
+        let body = actual.find("let __self = self;").expect("body kept");
+        assert!(boxed < acquire && acquire < body, "{actual}");
+        assert!(!actual.contains("compile_error"), "{actual}");
+    }
+
+    #[test]
+    fn below_a_runtime_attribute_the_error_names_the_order() {
+        let actual = mongo_locked(
+            quote!(key = "k"),
+            quote! {
+                fn main() -> Result<(), E> {
+                    let body = async { Ok(()) };
+                    tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(body)
+                }
+            },
+        )
+        .to_string();
+        assert!(actual.contains("must come before (above)"), "{actual}");
+    }
+
+    #[test]
+    fn impl_trait_in_the_return_type_is_never_written_out() {
+        let actual = expand(
+            quote!(key = "k"),
+            quote! {
+                async fn numbers() -> Result<impl Iterator<Item = u32>, E> { Ok(0..3) }
+            },
+        );
+        assert_eq!(actual.matches("impl Iterator").count(), 1, "{actual}");
+        assert!(actual.contains("Result<_, E>"), "{actual}");
     }
 }

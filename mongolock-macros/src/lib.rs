@@ -4,6 +4,7 @@
 mod args;
 mod duration;
 mod expand;
+mod krate;
 mod template;
 
 /// Runs an `async fn` under a MongoDB lock. See `mongolock::mongo_locked`

@@ -61,7 +61,11 @@ fn placeholder(inner: &str) -> Result<Vec<String>, String> {
             "format specs are not supported in key templates (`{{{inner}}}`); use `key = format!(...)`"
         ));
     }
-    let parts: Vec<String> = inner.split('.').map(|p| p.trim().to_owned()).collect();
+    // `{r#type}` and `{type}` both name a raw identifier argument.
+    let parts: Vec<String> = inner
+        .split('.')
+        .map(|p| p.trim().trim_start_matches("r#").to_owned())
+        .collect();
     let ident = |s: &str| {
         s.chars()
             .next()

@@ -190,6 +190,11 @@ impl LockGuard {
         result
     }
 
+    /// Whether a background renewal keeps the lease alive.
+    pub(crate) fn renews(&self) -> bool {
+        self.renewal.is_some()
+    }
+
     fn stop_renewal(&mut self) {
         if let Some(renewal) = self.renewal.take() {
             renewal.abort();
