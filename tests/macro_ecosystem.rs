@@ -170,3 +170,17 @@ async fn future_stays_within_one_and_a_half_times_a_manual_one() {
         "#[mongo_locked] future {annotated} bytes, manual {by_hand} bytes"
     );
 }
+
+// `cargo clippy --all-targets -D warnings` (in .ci/run) checks that the
+// generated code does not trip restriction lints on the user's behalf.
+#[deny(clippy::implicit_return)]
+#[mongo_locked(key = "lint", lock = lock)]
+async fn lint_clean(lock: &MongoLock) -> Result<(), Error> {
+    return Ok(());
+}
+
+#[tokio::test]
+async fn restriction_lints_see_no_generated_tail_expression() {
+    let lock = fresh_lock("lint").await;
+    assert!(lint_clean(&lock).await.is_ok());
+}

@@ -361,7 +361,11 @@ fn wrap(args: &Args, key: &TokenStream, mut func: ItemFn) -> ItemFn {
             };
             let #result = #run;
             #krate::__private::release(#guard).await;
-            #result
+            // An explicit `return`: a tail expression here would be
+            // attributed to the user by `clippy::implicit_return`, whose
+            // fix would be `return #[mongo_locked(..)]`.
+            #[allow(clippy::needless_return)]
+            return #result;
     };
     if boxed_async_block(&func.block).is_some() {
         // Keep `Box::pin(...)` as `#[async_trait]` wrote it; replace its
@@ -506,7 +510,8 @@ mod tests {
                 }
                 .await;
                 ::mongolock::__private::release(__mongolock_guard).await;
-                __mongolock_output
+                #[allow(clippy::needless_return)]
+                return __mongolock_output;
             }
         });
         assert_eq!(actual, expected);
