@@ -481,3 +481,50 @@ async fn bad_uri_is_a_clear_error_without_the_password() {
         }
     }
 }
+
+// ---- Connecting: fail fast and say why -------------------------------------
+
+#[tokio::test]
+async fn connection_string_without_a_scheme_works_like_the_python_package() {
+    let uri = server_uri().unwrap();
+    let Some(bare) = uri.strip_prefix("mongodb://") else {
+        return; // MONGODB_URI names another scheme (mongodb+srv): nothing to strip.
+    };
+    let lock = MongoLock::connect(bare).await.unwrap();
+    let key = mongolock::unique_owner();
+    assert!(lock.lock(&key, "owner").await.unwrap());
+    assert!(lock.release(&key, "owner").await.unwrap());
+}
+
+#[tokio::test]
+async fn database_named_in_the_connection_string_is_used() {
+    let uri = server_uri().unwrap();
+    let Some((hosts, options)) = uri.split_once("/?") else {
+        return; // MONGODB_URI already names a database.
+    };
+    let lock = MongoLock::connect(&format!("{hosts}/jobs?{options}"))
+        .await
+        .unwrap();
+    assert_eq!(lock.collection().namespace().to_string(), "jobs.lock");
+}
+
+#[tokio::test]
+async fn unreachable_server_fails_once_with_the_drivers_cause() {
+    // Nothing listens on port 1; the driver gives up after 300 ms.
+    let lock = MongoLock::connect("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300")
+        .await
+        .unwrap();
+    let single = lock.acquire("job").await.unwrap_err();
+    assert!(
+        matches!(&single, Error::Mongo(e) if matches!(*e.kind, mongodb::error::ErrorKind::ServerSelection { .. })),
+        "{single:?}"
+    );
+    let waited = lock
+        .acquire("job")
+        .timeout(Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(waited, Error::TimedOut { .. }), "{waited:?}");
+    let cause = std::error::Error::source(&waited).expect("the driver's cause is kept");
+    assert!(cause.to_string().contains("Server selection"), "{cause}");
+}

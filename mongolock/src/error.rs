@@ -55,12 +55,16 @@ pub enum Error {
     /// server may be paused, failing over or unreachable). An operation cut
     /// short may still be applied by the server later; a lease it took then
     /// runs out.
-    #[error("no answer from MongoDB for lock {key:?} within the timeout of {timeout:?}")]
+    #[error("no answer from MongoDB for lock {key:?} within the timeout of {timeout:?}{}", cause.as_ref().map(|c| format!(" (last error: {c})")).unwrap_or_default())]
     TimedOut {
         /// The key that was asked for.
         key: String,
         /// The timeout that ran out.
         timeout: Duration,
+        /// The driver's last error before the time ran out, if an attempt
+        /// failed (the server unreachable, an election): the real cause.
+        #[source]
+        cause: Option<mongodb::error::Error>,
     },
 
     /// [`global`](crate::global) was called before [`configure`](crate::configure).
@@ -125,32 +129,33 @@ impl Error {
     /// election, a write concern not met in time), so that a waiter with
     /// time left tries again rather than giving up.
     pub(crate) fn is_transient(&self) -> bool {
-        use mongodb::error::{ErrorKind, WriteFailure};
-        /// Network, "not primary", "shutting down", interrupted, and
-        /// time-limit codes: what an election or a slow majority looks like.
-        const TRANSIENT_CODES: [i32; 15] = [
-            6, 7, 50, 64, 89, 91, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436,
-        ];
         match self {
             Error::TimedOut { .. } => true,
-            Error::Mongo(e) => {
-                e.contains_label("RetryableWriteError")
-                    || e.contains_label("TransientTransactionError")
-                    || match e.kind.as_ref() {
-                        ErrorKind::Io(_)
-                        | ErrorKind::ConnectionPoolCleared { .. }
-                        | ErrorKind::ServerSelection { .. } => true,
-                        ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
-                        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
-                        ErrorKind::Write(WriteFailure::WriteError(w)) => {
-                            TRANSIENT_CODES.contains(&w.code)
-                        }
-                        _ => false,
-                    }
-            }
+            Error::Mongo(e) => transient(e),
             _ => false,
         }
     }
+}
+
+/// Whether a driver error may pass by itself; see [`Error::is_transient`].
+pub(crate) fn transient(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    /// Network, "not primary", "shutting down", interrupted, and
+    /// time-limit codes: what an election or a slow majority looks like.
+    const TRANSIENT_CODES: [i32; 15] = [
+        6, 7, 50, 64, 89, 91, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436,
+    ];
+    e.contains_label("RetryableWriteError")
+        || e.contains_label("TransientTransactionError")
+        || match e.kind.as_ref() {
+            ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::ServerSelection { .. } => true,
+            ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
+            ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+            ErrorKind::Write(WriteFailure::WriteError(w)) => TRANSIENT_CODES.contains(&w.code),
+            _ => false,
+        }
 }
 
 /// The crate's result type.

@@ -111,8 +111,10 @@ impl std::fmt::Debug for MongoLock {
 }
 
 impl MongoLock {
-    /// Locks in database `mongolock`, collection `lock`, written with
-    /// majority write concern so that an acquisition survives a failover. A
+    /// Locks in collection `lock` of the client's default database (the one
+    /// its connection string names, as in `mongodb://host/jobs`) or, without
+    /// one, of database `mongolock`, as the Python package does. Written with
+    /// majority write concern so that an acquisition survives a failover; a
     /// write the majority does not confirm within
     /// [`DEFAULT_OPERATION_TIMEOUT`] fails rather than hangs.
     pub fn new(client: &Client) -> Self {
@@ -120,7 +122,10 @@ impl MongoLock {
             .w(mongodb::options::Acknowledgment::Majority)
             .w_timeout(DEFAULT_OPERATION_TIMEOUT)
             .build();
-        let collection = client.database(DEFAULT_DATABASE).collection_with_options(
+        let database = client
+            .default_database()
+            .unwrap_or_else(|| client.database(DEFAULT_DATABASE));
+        let collection = database.collection_with_options(
             DEFAULT_COLLECTION,
             mongodb::options::CollectionOptions::builder()
                 .write_concern(write_concern)
@@ -129,18 +134,32 @@ impl MongoLock {
         Self::with_collection(collection)
     }
 
-    /// Connects with a connection string, like the Python package's
-    /// `MongoLock('localhost:27017')`, and uses [`MongoLock::new`]'s defaults.
+    /// Connects with a connection string and uses [`MongoLock::new`]'s
+    /// defaults. As with the Python package's `MongoLock('localhost:27017')`,
+    /// a bare `host:port` works (`mongodb://` is added).
     ///
-    /// A malformed string gives [`Error::InvalidUri`], whose message never
-    /// contains the URI's password.
+    /// Connecting is lazy, as in the MongoDB driver: nothing is sent here,
+    /// and an unreachable server is reported by the first operation, after
+    /// the driver's server selection timeout (30 s unless the string sets
+    /// `serverSelectionTimeoutMS`). A malformed string gives
+    /// [`Error::InvalidUri`], whose message never contains the URI's
+    /// password.
     pub async fn connect(uri: &str) -> Result<Self> {
-        let client = Client::with_uri_str(uri).await.map_err(|e| match *e.kind {
-            mongodb::error::ErrorKind::InvalidArgument { ref message, .. } => {
-                Error::InvalidUri(crate::redact::redact_uri(message))
-            }
-            _ => Error::Mongo(e),
-        })?;
+        let bare_hosts =
+            !uri.is_empty() && !uri.contains("://") && !uri.contains(char::is_whitespace);
+        let uri = if bare_hosts {
+            format!("mongodb://{uri}")
+        } else {
+            uri.to_owned()
+        };
+        let client = Client::with_uri_str(&uri)
+            .await
+            .map_err(|e| match *e.kind {
+                mongodb::error::ErrorKind::InvalidArgument { ref message, .. } => {
+                    Error::InvalidUri(crate::redact::redact_uri(message))
+                }
+                _ => Error::Mongo(e),
+            })?;
         Ok(Self::new(&client))
     }
 
@@ -397,6 +416,7 @@ impl MongoLock {
             .map_err(|_| Error::TimedOut {
                 key: key.to_owned(),
                 timeout: limit,
+                cause: None,
             })?
     }
 

@@ -138,6 +138,7 @@ impl MongoLock {
         let interest = self.wakeups().subscribe(self.collection(), &req.key);
         let (mut polls, mut late, mut failures) = (0_u32, 0_u32, 0_u32);
         let mut unknown = false;
+        let mut last_error = None;
         loop {
             let mut woken = std::pin::pin!(interest.notified());
             woken.as_mut().enable();
@@ -149,6 +150,7 @@ impl MongoLock {
                 Err(_) => Err(Error::TimedOut {
                     key: req.key.clone(),
                     timeout,
+                    cause: last_error.take(),
                 }),
             };
             let now = Instant::now();
@@ -163,11 +165,23 @@ impl MongoLock {
                 }
                 Err(error) if error.is_transient() && now < deadline => {
                     unknown = true;
+                    if let Error::Mongo(cause) = &error {
+                        last_error = Some(cause.clone());
+                    }
                     let delay = self.backoff().delay(failures);
                     failures = failures.saturating_add(1);
                     tracing::debug!(key = %req.key, %error, ?delay, "mongolock attempt failed; retrying within the timeout");
                     tokio::time::sleep_until((now + delay).min(deadline)).await;
                     continue;
+                }
+                // The time is up after a transient error: a timeout, with
+                // the driver's error as its cause.
+                Err(Error::Mongo(cause)) if unknown || crate::error::transient(&cause) => {
+                    return Err(Error::TimedOut {
+                        key: req.key.clone(),
+                        timeout,
+                        cause: Some(cause),
+                    })
                 }
                 other => return other,
             };
