@@ -71,5 +71,6 @@ pub use wait::Backoff;
 
 pub use mongodb;
 
+#[cfg(feature = "macros")]
 #[doc = include_str!("macro_docs.md")]
 pub use mongolock_macros::mongo_locked;
