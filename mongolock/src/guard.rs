@@ -67,6 +67,8 @@ pub struct LockGuard {
     lease: Arc<Lease>,
     renewal: Option<JoinHandle<()>>,
     released: bool,
+    /// When the winning request was sent, for the hold-time metric.
+    acquired: Instant,
 }
 
 impl LockGuard {
@@ -92,6 +94,7 @@ impl LockGuard {
             lease,
             renewal,
             released: false,
+            acquired: held.sent,
         }
     }
 
@@ -164,6 +167,7 @@ impl LockGuard {
             }
             None => {
                 self.lease.mark_lost(crate::lease::TAKEN);
+                crate::metrics::lost(self.key());
                 false
             }
         })
@@ -187,6 +191,10 @@ impl LockGuard {
             )
             .await;
         self.released = true;
+        crate::metrics::held(self.key(), self.acquired.elapsed());
+        if result.is_err() {
+            crate::metrics::release_failed(self.key());
+        }
         result
     }
 
@@ -208,6 +216,7 @@ impl Drop for LockGuard {
         if self.released {
             return;
         }
+        crate::metrics::held(&self.info.key, self.acquired.elapsed());
         let filter = crate::query::by_holder(&self.info.key, &self.owner, Some(self.info.token));
         self.lock.release_in_background(
             std::mem::take(&mut self.info.key),

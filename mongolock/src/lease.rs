@@ -121,6 +121,7 @@ impl Renewal {
                     state.extend(sent, self.lock.local_lease(self.lease));
                     failures = 0;
                     next = sent + self.interval;
+                    crate::metrics::renewed(&self.key);
                     tracing::debug!(key = %self.key, owner = %self.owner, "mongolock renewed");
                 }
                 Ok(Ok(None)) => {
@@ -140,6 +141,7 @@ impl Renewal {
             }
         }
         if let Some(reason) = state.lost_reason() {
+            crate::metrics::lost(&self.key);
             tracing::warn!(key = %self.key, owner = %self.owner, reason, "mongolock lock lost");
         }
     }

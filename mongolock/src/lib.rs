@@ -48,6 +48,7 @@ mod global;
 mod guard;
 mod info;
 mod lease;
+mod metrics;
 mod mongo_lock;
 mod owner;
 mod query;

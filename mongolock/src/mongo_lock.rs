@@ -572,6 +572,7 @@ impl MongoLock {
                         return;
                     }
                     Err(error) => {
+                        crate::metrics::release_failed(&key);
                         tracing::warn!(%key, %error, "mongolock background release failed; the lease will run out");
                         return;
                     }

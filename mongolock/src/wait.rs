@@ -109,6 +109,7 @@ impl MongoLock {
     /// deadline passes is the last error returned. An acquisition that gives
     /// up (or is dropped) after such an attempt releases what it may hold.
     pub(crate) async fn attempt_until(&self, req: &Request) -> Result<Attempt> {
+        let started = Instant::now();
         let mut orphan = Orphan {
             lock: self,
             req,
@@ -120,6 +121,13 @@ impl MongoLock {
         }
         if let Ok(attempt) = &result {
             log_outcome(req, attempt);
+            match attempt {
+                Attempt::Acquired { .. } => {
+                    crate::metrics::acquired(&req.key);
+                    crate::metrics::waited(&req.key, started.elapsed());
+                }
+                Attempt::Busy(_) => crate::metrics::busy(&req.key),
+            }
         }
         result
     }
