@@ -1,0 +1,109 @@
+//! The most common use: a cron job that fires on every machine, and runs on
+//! one of them per tick. Three worker processes (three machines) each run
+//! `tokio-cron-scheduler` with a job every second; `#[mongo_locked]` with
+//! `on_busy = skip` lets the first one in run it and the others skip it, and
+//! `min_hold` keeps the lock for most of the period, so a worker whose clock
+//! or scheduler fires a little later does not run the same tick again.
+//!
+//! `cargo run --example cron` starts a local test server unless
+//! `MONGODB_URI` is set. `CRON_TICKS` sets how many seconds it runs (5).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mongodb::bson::{doc, Document};
+use mongodb::Collection;
+use mongolock::{mongo_locked, Error, MongoLock};
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+const WORKER: &str = "CRON_WORKER";
+/// Where each run is recorded, for `tests/cron.rs` to count.
+const RUNS: &str = "CRON_RUNS";
+
+/// Fires every second on every worker; runs on one of them per second.
+#[mongo_locked(key = "cron:every-second", expires = 10, min_hold = "700ms", on_busy = skip)]
+async fn every_second(
+    worker: &str,
+    tick: u64,
+    runs: &Collection<Document>,
+) -> Result<Option<()>, Error> {
+    println!("{worker} RAN  tick {tick}");
+    runs.insert_one(doc! { "tick": tick as i64, "worker": worker })
+        .await?;
+    Ok(Some(()))
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+async fn worker(
+    name: String,
+    uri: String,
+    ticks: u64,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = mongodb::Client::with_uri_str(&uri).await?;
+    mongolock::configure(MongoLock::new(&client))?;
+    let runs_name = std::env::var(RUNS).unwrap_or_else(|_| "cron_runs".into());
+    let runs: Collection<Document> = client.database("mongolock_demo").collection(&runs_name);
+
+    let scheduler = JobScheduler::new().await?;
+    scheduler
+        .add(Job::new_async("* * * * * *", move |_, _| {
+            let (name, runs) = (name.clone(), runs.clone());
+            Box::pin(async move {
+                // The second this tick fired for: the same on every worker.
+                let tick = unix_seconds();
+                match every_second(&name, tick, &runs).await {
+                    Ok(Some(())) => {}
+                    Ok(None) => println!("{name} skip tick {tick} (another worker runs it)"),
+                    Err(e) => eprintln!("{name} tick {tick} failed: {e}"),
+                }
+            })
+        })?)
+        .await?;
+    scheduler.start().await?;
+    tokio::time::sleep(Duration::from_secs(ticks)).await;
+    let mut scheduler = scheduler;
+    scheduler.shutdown().await?;
+    mongolock::global()?
+        .finish_releases(Duration::from_secs(5))
+        .await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let ticks = std::env::var("CRON_TICKS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(5);
+    if let Ok(name) = std::env::var(WORKER) {
+        return worker(name, std::env::var("MONGODB_URI")?, ticks).await;
+    }
+    let uri = mongolock_suite::server_uri()?;
+    println!("three workers, a job every second on each, for {ticks} s");
+    let mut children = Vec::new();
+    for name in ["worker-1", "worker-2", "worker-3"] {
+        children.push(
+            Command::new(std::env::current_exe()?)
+                .env(WORKER, name)
+                .env("MONGODB_URI", &uri)
+                .stdin(Stdio::null())
+                .spawn()?,
+        );
+    }
+    let mut failed = 0;
+    for mut child in children {
+        if !child.wait()?.success() {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} worker(s) failed").into());
+    }
+    Ok(())
+}
