@@ -388,8 +388,3 @@ impl tracing::Subscriber for WaitSignal {
 
     fn exit(&self, _: &tracing::span::Id) {}
 }
-
-/// The README's examples, compiled as doctests.
-#[doc = include_str!("../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
