@@ -37,6 +37,7 @@ impl LocalServer {
     /// server process, such as libfaketime's `LD_PRELOAD` and `FAKETIME`.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
         let script = workspace_root().join("scripts/mongo-server");
+        install(&script)?;
         let mut child = Command::new(&script)
             .args(args)
             .envs(env.iter().copied())
@@ -109,6 +110,28 @@ fn signal(pid: u32, signal: &str) {
         status.is_ok_and(|s| s.success()),
         "kill {signal} {pid} failed"
     );
+}
+
+/// Installs SecantusDB on first use, once per process, with its progress on
+/// our standard error: the first install takes a minute, and a silent
+/// minute looks like a hang.
+fn install(script: &std::path::Path) -> Result<(), String> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let status = Command::new(script)
+                .arg("--install")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("{} --install failed", script.display()))
+            }
+        })
+        .clone()
 }
 
 /// A server of its own for fault tests, with `--enable-test-commands` (fail
