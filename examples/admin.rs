@@ -1,8 +1,10 @@
-//! Lists the locks held now and force-releases one.
+//! Lists the locks held now; force-releases one only when asked.
 //!
-//! `cargo run --example admin -- [KEY]`: with `MONGODB_URI` set, it works on
-//! that server's `mongolock.lock` collection; otherwise it starts a local
-//! test server and takes two locks first, so there is something to see.
+//! `cargo run --example admin` lists; `cargo run --example admin --
+//! --force-release KEY` frees `KEY` whoever holds it, then lists again. With
+//! `MONGODB_URI` set, it works on that server's lock collection; otherwise
+//! it starts a local test server and takes two locks first, so there is
+//! something to see.
 
 use std::time::Duration;
 
@@ -18,17 +20,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         lock.lock("invoice:42", "worker-3").await?;
     }
-    let target = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "nightly-report".to_owned());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let target = match args.as_slice() {
+        [] => None,
+        [flag, key] if flag == "--force-release" => Some(key.clone()),
+        _ => return Err("usage: admin [--force-release KEY]".into()),
+    };
 
     print_held(&lock).await?;
-    let freed = lock.force_release(&target).await?;
-    println!(
-        "\nforce_release({target:?}): {}",
-        if freed { "freed" } else { "was not held" }
-    );
-    print_held(&lock).await?;
+    if let Some(target) = target {
+        let freed = lock.force_release(&target).await?;
+        println!(
+            "\nforce_release({target:?}): {}",
+            if freed { "freed" } else { "was not held" }
+        );
+        print_held(&lock).await?;
+    }
     Ok(())
 }
 
