@@ -8,7 +8,6 @@
 //! `cargo run --example cron` starts a local test server unless
 //! `MONGODB_URI` is set. `CRON_TICKS` sets how many seconds it runs (5).
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mongodb::bson::{doc, Document};
@@ -86,24 +85,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let uri = mongolock_suite::server_uri()?;
     println!("three workers, a job every second on each, for {ticks} s");
-    let mut children = Vec::new();
-    for name in ["worker-1", "worker-2", "worker-3"] {
-        children.push(
-            Command::new(std::env::current_exe()?)
-                .env(WORKER, name)
-                .env("MONGODB_URI", &uri)
-                .stdin(Stdio::null())
-                .spawn()?,
-        );
-    }
-    let mut failed = 0;
-    for mut child in children {
-        if !child.wait()?.success() {
-            failed += 1;
-        }
-    }
-    if failed > 0 {
-        return Err(format!("{failed} worker(s) failed").into());
-    }
+    mongolock_suite::run_workers(
+        WORKER,
+        &["worker-1", "worker-2", "worker-3"],
+        &[("MONGODB_URI", &uri)],
+    )?;
     Ok(())
 }

@@ -6,7 +6,6 @@
 //! `cargo run --example demo` starts a local test server unless
 //! `MONGODB_URI` is set, then starts three copies of itself as workers.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mongolock::{mongo_locked, Error, MongoLock};
@@ -85,26 +84,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let day = format!("run-{}", std::process::id());
     println!("three worker processes, one MongoDB; each line: time, worker, event");
     println!("(token: the lock's fencing token, larger with every acquisition of a key; pass it with each write, and a store that refuses smaller ones is safe from a holder that lost its lock)");
-    let mut children = Vec::new();
-    for name in ["worker-1", "worker-2", "worker-3"] {
-        children.push(
-            Command::new(std::env::current_exe()?)
-                .env(WORKER, name)
-                .env("MONGODB_URI", &uri)
-                .env("MONGOLOCK_DEMO_DAY", &day)
-                .stdin(Stdio::null())
-                .spawn()?,
-        );
-    }
-    let mut failed = 0;
-    for mut child in children {
-        if !child.wait()?.success() {
-            failed += 1;
-        }
-    }
-    if failed > 0 {
-        return Err(format!("{failed} worker(s) failed").into());
-    }
+    mongolock_suite::run_workers(
+        WORKER,
+        &["worker-1", "worker-2", "worker-3"],
+        &[("MONGODB_URI", &uri), ("MONGOLOCK_DEMO_DAY", &day)],
+    )?;
     println!(
         "done: one nightly report (the others skipped it), and each invoice sent three times, never two at once"
     );

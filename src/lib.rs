@@ -186,6 +186,31 @@ impl FaultServer {
     }
 }
 
+/// Runs copies of this program as worker processes, one per name in
+/// `names` with `role_var` set to it and `env` added, as several machines
+/// would run one service, and waits for all of them.
+pub fn run_workers(role_var: &str, names: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let program = std::env::current_exe().map_err(|e| format!("no program path: {e}"))?;
+    let mut children = Vec::new();
+    for name in names {
+        let child = Command::new(&program)
+            .env(role_var, name)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start worker {name}: {e}"))?;
+        children.push(child);
+    }
+    let succeeded = children
+        .into_iter()
+        .filter_map(|mut child| child.wait().ok().filter(|status| status.success()))
+        .count();
+    match names.len() - succeeded {
+        0 => Ok(()),
+        n => Err(format!("{n} worker(s) failed")),
+    }
+}
+
 /// A free loopback port, for a server that must keep its address across a
 /// restart.
 pub fn free_port() -> u16 {
