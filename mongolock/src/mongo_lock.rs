@@ -514,13 +514,15 @@ impl MongoLock {
     }
 
     /// Releases the lock document `filter` matches, within the operation
-    /// timeout, and wakes this `MongoLock`'s waiters of `key` if it did.
+    /// timeout, and wakes one of this `MongoLock`'s waiters of `key` if it
+    /// did (whose change event then wakes nobody else here).
     pub(crate) async fn release_where(
         &self,
         key: &str,
         filter: Document,
         min_hold_millis: i64,
     ) -> Result<bool> {
+        let local = self.wakeups().releasing_here(key, min_hold_millis <= 0);
         let update = self
             .collection()
             .update_one(filter, query::release_update(min_hold_millis));
@@ -529,7 +531,7 @@ impl MongoLock {
             .await?;
         let released = result.matched_count == 1;
         if released {
-            self.wakeups().wake(key);
+            local.released_here();
         }
         Ok(released)
     }

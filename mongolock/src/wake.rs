@@ -25,12 +25,24 @@ const UNAVAILABLE: u8 = 4;
 /// The waiters of one `MongoLock`, by key, and the stream that wakes them.
 #[derive(Debug)]
 pub(crate) struct Wakeups {
-    /// Per key: the waiters' `Notify` and how many interests share it.
-    keys: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
+    /// Per key: the waiters and their wake-ups.
+    keys: Mutex<HashMap<String, KeyWaiters>>,
     status: AtomicU8,
     enabled: bool,
     /// Dropped with the `MongoLock`, which stops the stream task.
     shutdown: watch::Sender<()>,
+}
+
+/// The waiters of one key.
+#[derive(Debug)]
+struct KeyWaiters {
+    notify: Arc<Notify>,
+    /// How many interests share it.
+    interests: usize,
+    /// Releases by this `MongoLock` whose waiter is woken directly: their
+    /// change events are not delivered again, so one release wakes one
+    /// waiter of this process, not two.
+    local_releases: u32,
 }
 
 /// A waiter's registration for one key.
@@ -59,9 +71,9 @@ impl Drop for Interest {
             .keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, count)) = keys.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(waiters) = keys.get_mut(&self.key) {
+            waiters.interests -= 1;
+            if waiters.interests == 0 {
                 keys.remove(&self.key);
             }
         }
@@ -103,33 +115,75 @@ impl Wakeups {
             tokio::spawn(task.run());
         }
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        let (notify, count) = keys
-            .entry(key.to_owned())
-            .or_insert_with(|| (Arc::new(Notify::new()), 0));
-        *count += 1;
+        let waiters = keys.entry(key.to_owned()).or_insert_with(|| KeyWaiters {
+            notify: Arc::new(Notify::new()),
+            interests: 0,
+            local_releases: 0,
+        });
+        waiters.interests += 1;
         Interest {
             wakeups: self.clone(),
             key: key.to_owned(),
-            notify: notify.clone(),
+            notify: waiters.notify.clone(),
         }
     }
 
-    /// Wakes one waiter of `key`. Called for change-stream events, and
-    /// directly when this `MongoLock` releases a key, so waiters in the
-    /// same process need not wait for the event.
-    pub(crate) fn wake(&self, key: &str) {
-        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((notify, _)) = keys.get(key) {
+    /// Called before this `MongoLock` releases `key`: if it has waiters of
+    /// `key` and the stream is open, the release's change event is to wake
+    /// nobody, since [`released_here`](Self::released_here) wakes a waiter
+    /// directly. Set before the write, because the event may arrive before
+    /// the write's reply.
+    ///
+    /// `emits_event` is false for a release into a minimum hold: the lock
+    /// stays `locked` until the hold ends, and no event reports it.
+    pub(crate) fn releasing_here(&self, key: &str, emits_event: bool) -> LocalRelease<'_> {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let expected = match keys.get_mut(key) {
+            Some(waiters) if emits_event && self.stream_open() => {
+                waiters.local_releases += 1;
+                true
+            }
+            _ => false,
+        };
+        LocalRelease {
+            wakeups: self,
+            key: key.to_owned(),
+            expected,
+        }
+    }
+
+    /// A change event for `key`: wakes one waiter, unless it reports a
+    /// release whose waiter this `MongoLock` woke directly.
+    fn event(&self, key: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(waiters) = keys.get_mut(key) {
+            if waiters.local_releases > 0 {
+                waiters.local_releases -= 1;
+                return;
+            }
             tracing::trace!(key, "mongolock waking a waiter");
-            notify.notify_one();
+            waiters.notify.notify_one();
         }
     }
 
-    /// Wakes every waiter, so they notice the stream is down and poll.
-    fn wake_all(&self) {
+    /// Wakes one waiter of `key`.
+    fn wake(&self, key: &str) {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        for (notify, _) in keys.values() {
-            notify.notify_waiters();
+        if let Some(waiters) = keys.get(key) {
+            tracing::trace!(key, "mongolock waking a waiter");
+            waiters.notify.notify_one();
+        }
+    }
+
+    /// Wakes every waiter, so they notice the stream is down and poll, or
+    /// look again now that it is open. Pending local releases are
+    /// forgotten: across a reopen their events may be lost, and a remote
+    /// release must never be taken for one.
+    fn wake_all(&self) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        for waiters in keys.values_mut() {
+            waiters.local_releases = 0;
+            waiters.notify.notify_waiters();
         }
     }
 
@@ -155,6 +209,39 @@ impl Drop for TaskAlive {
         if let Some(wakeups) = self.0.upgrade() {
             if wakeups.status.load(Ordering::Acquire) != UNAVAILABLE {
                 wakeups.set_status(NOT_STARTED);
+            }
+        }
+    }
+}
+
+/// A release by this `MongoLock` under way; see
+/// [`Wakeups::releasing_here`].
+pub(crate) struct LocalRelease<'a> {
+    wakeups: &'a Wakeups,
+    key: String,
+    expected: bool,
+}
+
+impl LocalRelease<'_> {
+    /// The release took effect: wake one waiter of this process now.
+    pub(crate) fn released_here(mut self) {
+        self.wakeups.wake(&self.key);
+        self.expected = false;
+    }
+}
+
+impl Drop for LocalRelease<'_> {
+    /// The release did not take effect (or its outcome is unknown): its
+    /// event, if any, wakes a waiter as any event does.
+    fn drop(&mut self) {
+        if self.expected {
+            let mut keys = self
+                .wakeups
+                .keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(waiters) = keys.get_mut(&self.key) {
+                waiters.local_releases = waiters.local_releases.saturating_sub(1);
             }
         }
     }
@@ -250,7 +337,7 @@ impl StreamTask {
                             .as_ref()
                             .and_then(|k| k.get_str("_id").ok())
                         {
-                            wakeups.wake(key);
+                            wakeups.event(key);
                         }
                     }
                     Some(Err(error)) => {
@@ -322,5 +409,37 @@ mod tests {
             "waiters would neither be woken nor poll"
         );
         assert_eq!(wakeups.status.load(Ordering::Acquire), NOT_STARTED);
+    }
+
+    #[tokio::test]
+    async fn a_local_release_wakes_one_waiter_here_not_two() {
+        let wakeups = Arc::new(Wakeups::new(false));
+        let interest = wakeups.subscribe(&unused_collection().await, "job");
+        wakeups.set_status(OPEN);
+        let woken_by = |act: Box<dyn FnOnce() + '_>| {
+            let mut notified = std::pin::pin!(interest.notified());
+            notified.as_mut().enable();
+            act();
+            notified.now_or_never().is_some()
+        };
+        // The release's event may come before the write's reply: it is not
+        // delivered; the direct wake after the reply is.
+        let release = wakeups.releasing_here("job", true);
+        assert!(!woken_by(Box::new(|| wakeups.event("job"))), "woken twice");
+        assert!(woken_by(Box::new(|| release.released_here())));
+        // The next event is someone else's release: delivered.
+        assert!(woken_by(Box::new(|| wakeups.event("job"))));
+        // A release that did not happen leaves events alone.
+        drop(wakeups.releasing_here("job", true));
+        assert!(woken_by(Box::new(|| wakeups.event("job"))));
+        // A release into a minimum hold has no event to hold back.
+        wakeups.releasing_here("job", false).released_here();
+        assert!(woken_by(Box::new(|| wakeups.event("job"))));
+        // A reopened stream forgets pending releases: their events may be lost.
+        let pending = wakeups.releasing_here("job", true);
+        wakeups.set_status(DOWN);
+        wakeups.set_status(OPEN);
+        assert!(woken_by(Box::new(|| wakeups.event("job"))));
+        drop(pending);
     }
 }
