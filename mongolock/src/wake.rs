@@ -111,6 +111,7 @@ impl Wakeups {
                 wakeups: Arc::downgrade(self),
                 collection: collection.clone(),
                 shutdown: self.shutdown.subscribe(),
+                _alive: TaskAlive(Arc::downgrade(self)),
             };
             tokio::spawn(task.run());
         }
@@ -251,6 +252,9 @@ struct StreamTask {
     wakeups: std::sync::Weak<Wakeups>,
     collection: Collection<Document>,
     shutdown: watch::Receiver<()>,
+    /// Part of the task from its creation, so that it is dropped also with
+    /// a task that a runtime shutting down never polled.
+    _alive: TaskAlive,
 }
 
 /// The events after which a waiter may take a lock: a release (which sets
@@ -285,7 +289,6 @@ fn unsupported(error: &mongodb::error::Error) -> bool {
 
 impl StreamTask {
     async fn run(mut self) {
-        let _alive = TaskAlive(self.wakeups.clone());
         // Where to pick up after a broken stream, so that no release between
         // the break and the reopen goes unseen.
         let mut resume = None;
@@ -393,6 +396,8 @@ mod tests {
         }
     }
 
+    /// Regression: the status was reset only by a task that had run, and a
+    /// runtime that shut down before polling it left the stream "open".
     #[test]
     fn stream_that_died_with_its_runtime_is_not_reported_open() {
         let wakeups = Arc::new(Wakeups::new(true));
