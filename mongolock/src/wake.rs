@@ -66,11 +66,7 @@ impl Interest {
 
 impl Drop for Interest {
     fn drop(&mut self) {
-        let mut keys = self
-            .wakeups
-            .keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut keys = self.wakeups.keys();
         if let Some(waiters) = keys.get_mut(&self.key) {
             waiters.interests -= 1;
             if waiters.interests == 0 {
@@ -95,6 +91,12 @@ impl Wakeups {
         self.status.load(Ordering::Acquire) == OPEN
     }
 
+    /// The waiters by key. A panic elsewhere while holding the lock leaves
+    /// plain counters behind, still usable.
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyWaiters>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Registers interest in `key`, starting the shared stream on first use.
     pub(crate) fn subscribe(
         self: &Arc<Self>,
@@ -115,7 +117,7 @@ impl Wakeups {
             };
             tokio::spawn(task.run());
         }
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = self.keys();
         let waiters = keys.entry(key.to_owned()).or_insert_with(|| KeyWaiters {
             notify: Arc::new(Notify::new()),
             interests: 0,
@@ -138,7 +140,7 @@ impl Wakeups {
     /// `emits_event` is false for a release into a minimum hold: the lock
     /// stays `locked` until the hold ends, and no event reports it.
     pub(crate) fn releasing_here(&self, key: &str, emits_event: bool) -> LocalRelease<'_> {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = self.keys();
         let expected = match keys.get_mut(key) {
             Some(waiters) if emits_event && self.stream_open() => {
                 waiters.local_releases += 1;
@@ -156,7 +158,7 @@ impl Wakeups {
     /// A change event for `key`: wakes one waiter, unless it reports a
     /// release whose waiter this `MongoLock` woke directly.
     fn event(&self, key: &str) {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = self.keys();
         if let Some(waiters) = keys.get_mut(key) {
             if waiters.local_releases > 0 {
                 waiters.local_releases -= 1;
@@ -169,7 +171,7 @@ impl Wakeups {
 
     /// Wakes one waiter of `key`.
     fn wake(&self, key: &str) {
-        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = self.keys();
         if let Some(waiters) = keys.get(key) {
             tracing::trace!(key, "mongolock waking a waiter");
             waiters.notify.notify_one();
@@ -181,7 +183,7 @@ impl Wakeups {
     /// forgotten: across a reopen their events may be lost, and a remote
     /// release must never be taken for one.
     fn wake_all(&self) {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = self.keys();
         for waiters in keys.values_mut() {
             waiters.local_releases = 0;
             waiters.notify.notify_waiters();
@@ -236,11 +238,7 @@ impl Drop for LocalRelease<'_> {
     /// event, if any, wakes a waiter as any event does.
     fn drop(&mut self) {
         if self.expected {
-            let mut keys = self
-                .wakeups
-                .keys
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut keys = self.wakeups.keys();
             if let Some(waiters) = keys.get_mut(&self.key) {
                 waiters.local_releases = waiters.local_releases.saturating_sub(1);
             }
