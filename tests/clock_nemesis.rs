@@ -11,7 +11,11 @@
 //!
 //! The scenarios run one at a time (each with its own server) and write a
 //! row each to `target/clock-nemesis/`, which `.ci/run` prints as a table.
-//! They need libfaketime (`scripts/libfaketime` installs it as root).
+//! They need libfaketime (`scripts/libfaketime` installs it as root), in
+//! its thread-safe build: the plain one, re-reading its offset file from
+//! the server's many threads, now and then returns the unshifted time, a
+//! momentary step forward by the whole offset that the "back" scenario
+//! caught as two holders at once.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
