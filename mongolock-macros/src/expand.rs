@@ -168,19 +168,20 @@ fn key_from_template(lit: &LitStr, func: &ItemFn) -> syn::Result<TokenStream> {
         let root = if root == "self" {
             quote_spanned!(lit.span()=> self)
         } else {
-            let ident = ident(root, lit.span());
+            let ident = ident(root, lit)?;
             quote!(#ident)
         };
-        let fields = path[1..].iter().map(|field| {
+        let mut fields = Vec::new();
+        for field in &path[1..] {
             let member = match field.parse::<u32>() {
                 Ok(index) => Member::Unnamed(syn::Index {
                     index,
                     span: lit.span(),
                 }),
-                Err(_) => Member::Named(ident(field, lit.span())),
+                Err(_) => Member::Named(ident(field, lit)?),
             };
-            quote!(.#member)
-        });
+            fields.push(quote!(.#member));
+        }
         values.push(quote_spanned!(lit.span()=> &#root #(#fields)*));
     }
     let format = LitStr::new(&template::format_string(&segments), lit.span());
@@ -189,12 +190,18 @@ fn key_from_template(lit: &LitStr, func: &ItemFn) -> syn::Result<TokenStream> {
     Ok(quote_spanned!(lit.span()=> ::std::format!(#format #(, #values)*)))
 }
 
-/// An identifier, raw (`r#type`) where the name is a keyword.
-fn ident(name: &str, span: Span) -> Ident {
+/// An identifier spanned on `lit`, raw (`r#type`) where the name is a
+/// keyword; an error for the names that cannot be raw (`super`, `_`, ...).
+fn ident(name: &str, lit: &LitStr) -> syn::Result<Ident> {
     if syn::parse_str::<Ident>(name).is_ok() {
-        Ident::new(name, span)
+        Ok(Ident::new(name, lit.span()))
+    } else if ["self", "Self", "super", "crate", "_"].contains(&name) {
+        Err(syn::Error::new_spanned(
+            lit,
+            format!("`{name}` cannot be a field in a key template; use `key = format!(...)`"),
+        ))
     } else {
-        Ident::new_raw(name, span)
+        Ok(Ident::new_raw(name, lit.span()))
     }
 }
 
@@ -640,5 +647,26 @@ mod tests {
         );
         assert_eq!(actual.matches("impl Iterator").count(), 1, "{actual}");
         assert!(actual.contains("Result<_, E>"), "{actual}");
+    }
+
+    #[test]
+    fn reserved_names_in_template_fields_are_errors_not_panics() {
+        for template in ["k:{x.super}", "k:{x.crate}", "k:{x._}", "k:{x.Self}"] {
+            let actual = mongo_locked(
+                quote!(key = #template),
+                quote! { async fn job(x: X) -> Result<(), E> { Ok(()) } },
+            )
+            .to_string();
+            assert_eq!(
+                actual.matches("compile_error").count(),
+                1,
+                "{template}: {actual}"
+            );
+        }
+        let raw = expand(
+            quote!(key = "k:{x.type}"),
+            quote! { async fn job(x: X) -> Result<(), E> { Ok(()) } },
+        );
+        assert!(raw.contains("x.r#type"), "{raw}");
     }
 }
