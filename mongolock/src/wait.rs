@@ -183,8 +183,10 @@ impl MongoLock {
                     continue;
                 }
                 // The time is up after a transient error: a timeout, with
-                // the driver's error as its cause.
-                Err(Error::Mongo(cause)) if unknown || crate::error::transient(&cause) => {
+                // the driver's error as its cause. (Before the deadline a
+                // transient error was retried above; any other error is
+                // returned as it is.)
+                Err(Error::Mongo(cause)) if crate::error::transient(&cause) => {
                     return Err(Error::TimedOut {
                         key: req.key.clone(),
                         timeout,
