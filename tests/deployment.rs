@@ -133,7 +133,8 @@ async fn release_returns_within_the_operation_timeout_when_the_server_stalls() {
         .expires(Duration::from_secs(60))
         .await
         .unwrap();
-    fx.fail(1, "holder", stall("update")).await;
+    // A release is a findAndModify, which returns the queue.
+    fx.fail(1, "holder", stall("findAndModify")).await;
     let released = guard.release().await;
     assert!(
         matches!(released, Err(Error::TimedOut { .. })),
@@ -141,8 +142,11 @@ async fn release_returns_within_the_operation_timeout_when_the_server_stalls() {
     );
 }
 
+/// A job whose body makes the release after it stall (a release and an
+/// acquisition are both a findAndModify).
 #[mongo_locked(key = "job", lock = lock, expires = 60)]
-async fn finished_job(lock: &MongoLock) -> Result<&'static str, Error> {
+async fn stalling_job(lock: &MongoLock, fx: &FaultServer) -> Result<&'static str, Error> {
+    fx.fail(1, "holder", stall("findAndModify")).await;
     Ok("done")
 }
 
@@ -155,9 +159,7 @@ async fn locked_function_returns_when_its_release_stalls() {
         .with_operation_timeout(Duration::from_millis(500))
         .unwrap();
     // The acquisition goes through; the release after the body stalls.
-    assert!(lock.lock("warm-up", "me").await.unwrap());
-    fx.fail(1, "holder", stall("update")).await;
-    assert_eq!(finished_job(&lock).await.unwrap(), "done");
+    assert_eq!(stalling_job(&lock, &fx).await.unwrap(), "done");
 }
 
 // ---- 5. Transient errors during a wait --------------------------------------
@@ -220,7 +222,7 @@ async fn acquisition_cut_off_at_its_deadline_leaves_no_lock_behind() {
 
 /// Every shape of change event a lock document produces, on MongoDB 4.4
 /// (pipeline updates reported as `replace`) and 5.0+ (as `update`), and
-/// whether a waiter can take the lock after it.
+/// whether a waiter of the process tagged `here` can take the lock after it.
 #[tokio::test]
 async fn release_event_filter_matches_releases_in_every_event_shape() {
     let events = fresh_collection("event_shapes").await;
@@ -228,6 +230,12 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
         doc! { "operationType": "update", "updateDescription": {
             "updatedFields": fields, "removedFields": removed,
         } }
+    };
+    // The document as the stream looks it up, with its queue's head.
+    let with_queue = |mut event: mongodb::bson::Document, head: &str| {
+        let queue = doc! { "queue": [{ "w": "c1", "p": head }, { "w": "c2", "p": "x" }] };
+        event.insert("fullDocument", queue);
+        event
     };
     let now = mongodb::bson::DateTime::now();
     let shapes = [
@@ -294,13 +302,30 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             true,
             doc! { "operationType": "replace", "fullDocument": { "locked": false } },
         ),
+        (
+            "release, the queue headed by a waiter here",
+            true,
+            with_queue(updated(doc! { "locked": false }, vec![]), "here"),
+        ),
+        (
+            "release, the queue headed by a waiter elsewhere",
+            false,
+            with_queue(updated(doc! { "locked": false }, vec![]), "elsewhere"),
+        ),
+        (
+            "release, 4.4, the queue headed elsewhere",
+            false,
+            doc! { "operationType": "replace", "fullDocument": {
+                "locked": false, "queue": [{ "w": "c1", "p": "elsewhere" }, { "w": "c2", "p": "here" }],
+            } },
+        ),
     ];
     for (name, _, event) in &shapes {
         let mut event = event.clone();
         event.insert("_id", *name);
         events.insert_one(event).await.unwrap();
     }
-    let filter = mongolock::__private::raw::release_events()
+    let filter = mongolock::__private::raw::release_events("here")
         .into_iter()
         .next()
         .unwrap();

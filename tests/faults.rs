@@ -95,7 +95,7 @@ async fn failed_release_leaves_a_lock_that_expires_on_time() {
     fx.fail(
         1,
         "holder",
-        doc! { "failCommands": ["update"], "errorCode": 2 },
+        doc! { "failCommands": ["findAndModify"], "errorCode": 2 },
     )
     .await;
     let err = guard.release().await.unwrap_err();

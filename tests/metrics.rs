@@ -92,7 +92,7 @@ async fn every_series_counts_what_happened() {
     fx.fail(
         1,
         "holder",
-        doc! { "failCommands": ["update"], "errorCode": 2 },
+        doc! { "failCommands": ["findAndModify"], "errorCode": 2 },
     )
     .await;
     assert!(failing.release().await.is_err());

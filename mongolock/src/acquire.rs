@@ -30,8 +30,35 @@ pub(crate) enum Attempt {
     /// The caller holds the lock now; `sent` is when the winning request
     /// left, the earliest the server can have started the lease.
     Acquired { info: LockInfo, sent: Instant },
-    /// Someone else does.
-    Busy(LockInfo),
+    /// Someone else does; a fair waiter's place in the queue with it.
+    Busy(LockInfo, Place),
+}
+
+/// Where a fair waiter stands in the queue after a busy attempt.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Place {
+    /// 0 for the head; `None` when not queued (unfair, or the queue full).
+    pub(crate) position: Option<usize>,
+    /// When the head's entry lapses, by the server's clock.
+    pub(crate) head_expires: Option<mongodb::bson::DateTime>,
+}
+
+impl Place {
+    fn of(doc: &mongodb::bson::Document, claim: &str) -> Self {
+        let Ok(queue) = doc.get_array(query::QUEUE) else {
+            return Self::default();
+        };
+        let entries: Vec<&mongodb::bson::Document> =
+            queue.iter().filter_map(|e| e.as_document()).collect();
+        Self {
+            position: entries
+                .iter()
+                .position(|e| e.get_str(query::WAITER) == Ok(claim)),
+            head_expires: entries
+                .first()
+                .and_then(|e| e.get_datetime(query::ENTRY_EXPIRES).ok().copied()),
+        }
+    }
 }
 
 /// A validated request to take a lock.
@@ -44,6 +71,8 @@ pub(crate) struct Request {
     pub(crate) claim: String,
     pub(crate) lease_millis: i64,
     pub(crate) timeout: Option<Duration>,
+    /// Whether the acquisition queues (only `acquire()`, which has a claim).
+    pub(crate) fair: bool,
 }
 
 impl Request {
@@ -66,6 +95,7 @@ impl Request {
             lease_millis,
             // A zero timeout is the single attempt of no timeout.
             timeout: timeout.filter(|t| !t.is_zero()),
+            fair: false,
         })
     }
 }
@@ -75,6 +105,11 @@ impl MongoLock {
     /// at once only if a concurrent first upsert raced it.
     pub(crate) async fn attempt(&self, req: &Request) -> Result<Attempt> {
         self.ensure_ttl_index().await?;
+        let queueing = (req.fair && !req.claim.is_empty()).then(|| query::Queueing {
+            tag: self.wakeups().tag(),
+            expiry_millis: self.queue_expiry_millis(),
+            join: req.timeout.is_some(),
+        });
         let mut retries = 0;
         loop {
             let probe = Probe::start();
@@ -82,7 +117,7 @@ impl MongoLock {
                 .collection()
                 .find_one_and_update(
                     query::by_key(&req.key),
-                    query::acquire_pipeline(&req.owner, &req.claim, req.lease_millis),
+                    query::acquire_pipeline(&req.owner, &req.claim, req.lease_millis, queueing),
                 )
                 .upsert(true)
                 .return_document(ReturnDocument::After)
@@ -103,7 +138,7 @@ impl MongoLock {
                             sent: probe.sent(),
                         }
                     } else {
-                        Attempt::Busy(info)
+                        Attempt::Busy(info, Place::of(&doc, &req.claim))
                     });
                 }
                 Ok(None) if retries < IMMEDIATE_RETRIES => {
@@ -209,6 +244,7 @@ pub struct Acquire {
     renew: bool,
     renew_every: Option<Duration>,
     min_hold: Duration,
+    fair: Option<bool>,
 }
 
 impl Acquire {
@@ -222,7 +258,25 @@ impl Acquire {
             renew: false,
             renew_every: None,
             min_hold: Duration::ZERO,
+            fair: None,
         }
+    }
+
+    /// Wait in line (default: [`MongoLock::with_fairness`], on unless
+    /// changed). A fair acquisition that finds the lock taken joins the
+    /// key's queue, kept in the lock document, and a released lock goes to
+    /// the queue's head: waiters acquire in the order they first asked,
+    /// whichever process they run in, and a release wakes only the head's
+    /// process. A waiter's entry lapses
+    /// [`queue_expiry`](MongoLock::with_queue_expiry) after its last attempt,
+    /// so a waiter that died blocks the queue no longer than that; a waiting
+    /// one re-asks every third of it.
+    ///
+    /// Unfair acquisitions (`fair(false)`, and [`MongoLock::lock`]) ignore
+    /// the queue: they take a lock that is free, ahead of queued waiters.
+    pub fn fair(mut self, fair: bool) -> Self {
+        self.fair = Some(fair);
+        self
     }
 
     /// The owner token to store. Default: a unique one per acquisition
@@ -288,7 +342,8 @@ impl IntoFuture for Acquire {
         Box::pin(
             async move {
                 let claim = format!("{:016x}", rand::random::<u64>());
-                let req = Request::new(self.key, owner, claim, self.expires, self.timeout)?;
+                let mut req = Request::new(self.key, owner, claim, self.expires, self.timeout)?;
+                req.fair = self.fair.unwrap_or_else(|| self.lock.fair_by_default());
                 let min_hold_millis = validate::bounded("min_hold", self.min_hold)?;
                 let renew_every = match (self.renew, self.renew_every) {
                     (false, _) => None,
@@ -331,7 +386,7 @@ impl IntoFuture for Acquire {
                             min_hold_millis,
                         },
                     )),
-                    Attempt::Busy(holder) => Err(Error::Locked {
+                    Attempt::Busy(holder, _) => Err(Error::Locked {
                         key: req.key,
                         owner: holder.owner,
                         since: holder.acquired_at,

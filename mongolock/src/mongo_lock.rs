@@ -42,6 +42,10 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_millis(50);
 /// default server selection timeout.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a fair waiter's queue entry lasts after its last attempt (see
+/// [`MongoLock::with_queue_expiry`]).
+pub const DEFAULT_QUEUE_EXPIRY: Duration = Duration::from_secs(10);
+
 const TTL_INDEX_NAME: &str = "mongolock_expires_at_ttl";
 
 /// A boxed future, the output of every operation builder.
@@ -87,6 +91,8 @@ struct Settings {
     change_streams: bool,
     max_clock_skew: Duration,
     operation_timeout: Duration,
+    fair: bool,
+    queue_expiry: Duration,
 }
 
 impl Default for Settings {
@@ -97,6 +103,8 @@ impl Default for Settings {
             change_streams: true,
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            fair: true,
+            queue_expiry: DEFAULT_QUEUE_EXPIRY,
         }
     }
 }
@@ -246,6 +254,50 @@ impl MongoLock {
             ..self.inner.settings
         };
         Ok(self.with_settings(settings))
+    }
+
+    /// The same locks, with [`acquire()`](Self::acquire) fair (`true`, the
+    /// default) or not unless the acquisition says otherwise with
+    /// [`Acquire::fair`](crate::Acquire::fair).
+    pub fn with_fairness(self, fair: bool) -> Self {
+        let settings = Settings {
+            fair,
+            ..self.inner.settings
+        };
+        self.with_settings(settings)
+    }
+
+    /// The same locks, with a fair waiter's queue entry lasting `expiry`
+    /// after each of its attempts (default [`DEFAULT_QUEUE_EXPIRY`], at least
+    /// 30 ms). A waiting waiter re-asks every `expiry / 3`, which is all a
+    /// waiter costs the server while the lock stays taken; a waiter that
+    /// died holds up the queue for at most `expiry`.
+    pub fn with_queue_expiry(self, expiry: Duration) -> Result<Self> {
+        validate::bounded("queue_expiry", expiry)?;
+        if expiry < Duration::from_millis(30) {
+            return Err(Error::InvalidDuration {
+                what: "queue_expiry",
+                duration: expiry,
+                reason: "must be at least 30 ms",
+            });
+        }
+        let settings = Settings {
+            queue_expiry: expiry,
+            ..self.inner.settings
+        };
+        Ok(self.with_settings(settings))
+    }
+
+    pub(crate) fn fair_by_default(&self) -> bool {
+        self.inner.settings.fair
+    }
+
+    pub(crate) fn queue_expiry(&self) -> Duration {
+        self.inner.settings.queue_expiry
+    }
+
+    pub(crate) fn queue_expiry_millis(&self) -> i64 {
+        i64::try_from(self.queue_expiry().as_millis()).unwrap_or(i64::MAX)
     }
 
     /// How much earlier than the server a holder counts its lease of
@@ -514,8 +566,9 @@ impl MongoLock {
     }
 
     /// Releases the lock document `filter` matches, within the operation
-    /// timeout, and wakes one of this `MongoLock`'s waiters of `key` if it
-    /// did (whose change event then wakes nobody else here).
+    /// timeout, and wakes the waiter of this `MongoLock` whose turn it is,
+    /// if any (whose change event then wakes nobody else here). The reply
+    /// carries the queue, to know whose turn it is.
     pub(crate) async fn release_where(
         &self,
         key: &str,
@@ -525,15 +578,17 @@ impl MongoLock {
         let local = self.wakeups().releasing_here(key, min_hold_millis <= 0);
         let update = self
             .collection()
-            .update_one(filter, query::release_update(min_hold_millis));
-        let result = self
+            .find_one_and_update(filter, query::release_update(min_hold_millis, local.id()))
+            .projection(doc! { query::QUEUE: 1 })
+            .return_document(mongodb::options::ReturnDocument::After);
+        let released = self
             .bounded(key, self.operation_timeout(), async { Ok(update.await?) })
             .await?;
-        let released = result.matched_count == 1;
-        if released {
-            local.released_here();
-        }
-        Ok(released)
+        let Some(released) = released else {
+            return Ok(false);
+        };
+        local.released_here(crate::wake::Head::of(Some(&released)).as_ref());
+        Ok(true)
     }
 
     /// Starts [`release_where`](Self::release_where) in the background, for
@@ -579,6 +634,31 @@ impl MongoLock {
                         return;
                     }
                 }
+            }
+        });
+    }
+
+    /// Takes a fair waiter that gave up out of `key`'s queue, in the
+    /// background, so that the next in line need not wait for its entry to
+    /// lapse. Only the waiter's own entry is touched; if this never runs,
+    /// the entry lapses by itself.
+    pub(crate) fn leave_queue_in_background(&self, key: String, claim: String) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let ticket = self.inner.releases.start();
+        let lock = self.clone();
+        runtime.spawn(async move {
+            let _ticket = ticket;
+            let leave = lock.collection().update_one(
+                query::by_key(&key),
+                doc! { "$pull": { query::QUEUE: { query::WAITER: &claim } } },
+            );
+            let left = lock
+                .bounded(&key, lock.operation_timeout(), async { Ok(leave.await?) })
+                .await;
+            if let Err(error) = left {
+                tracing::debug!(%key, %error, "mongolock could not leave the queue; the entry will lapse");
             }
         });
     }

@@ -28,6 +28,21 @@ pub(crate) const PY_LOCKED: &str = "locked";
 pub(crate) const PY_EXPIRE: &str = "expire";
 pub(crate) const PY_CREATED: &str = "created";
 
+/// A fair lock's queue of waiters, oldest first: `{ w, p, exp }` per
+/// waiter, with its claim, its `MongoLock`'s tag (which process to wake) and
+/// when the entry lapses unless the waiter asks again.
+pub(crate) const QUEUE: &str = "queue";
+/// Set by each release to a value of the releaser's, so that the releasing
+/// process recognises its own release's change event.
+pub(crate) const RELEASE_ID: &str = "release_id";
+/// Queue entry fields.
+pub(crate) const WAITER: &str = "w";
+pub(crate) const PROCESS: &str = "p";
+pub(crate) const ENTRY_EXPIRES: &str = "exp";
+/// The most entries a queue holds: a document stays far below MongoDB's
+/// 16 MiB, and waiters beyond it wait unqueued, as without fairness.
+pub(crate) const MAX_QUEUE: i64 = 10_000;
+
 /// How many fencing token steps one millisecond of server time is worth. A
 /// token is `max(previous + 1, server epoch ms x TOKENS_PER_MILLI)`, so it
 /// runs ahead of the clock only if one key is acquired more than this often
@@ -87,6 +102,20 @@ pub(crate) fn by_claim(key: &str, owner: &str, claim: &str) -> Document {
     doc! { "_id": key, OWNER: owner, CLAIM: claim }
 }
 
+/// How a fair acquisition queues: its process's tag and how long its entry
+/// lasts after each attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Queueing<'a> {
+    /// The waiter's process (`MongoLock`), woken by releases it heads.
+    pub tag: &'a str,
+    /// How long the entry lasts after each attempt, in milliseconds.
+    pub expiry_millis: i64,
+    /// Whether a waiter that cannot take the lock joins the queue. A single
+    /// attempt (no timeout) does not: it respects the queue but does not
+    /// wait in it.
+    pub join: bool,
+}
+
 /// The single-round-trip acquisition, used with `findOneAndUpdate`, upsert,
 /// and the document returned after the update.
 ///
@@ -97,8 +126,20 @@ pub(crate) fn by_claim(key: &str, owner: &str, claim: &str) -> Document {
 ///   token and `acquired_at`.
 /// - A new acquisition (`free`) gets a fencing token of
 ///   `max(previous + 1, server epoch ms x TOKENS_PER_MILLI)`.
-/// - Otherwise the document is written back unchanged.
-pub fn acquire_pipeline(owner: &str, claim: &str, lease_millis: i64) -> Vec<Document> {
+/// - Otherwise the holder's fields are written back unchanged.
+///
+/// With `fair`, a free lock is taken only by the head of the queue's live
+/// entries (or by anyone when none is live); a waiter that cannot take it
+/// extends its entry or, not queued yet, joins the queue's end (if
+/// [`Queueing::join`]); one that
+/// takes it leaves the queue; lapsed entries are dropped. Without, the queue
+/// is left as it is: an unfair acquisition ignores it.
+pub fn acquire_pipeline(
+    owner: &str,
+    claim: &str,
+    lease_millis: i64,
+    fair: Option<Queueing<'_>>,
+) -> Vec<Document> {
     let free = format!("${SCRATCH}.free");
     let take = format!("${SCRATCH}.take");
     let mine = doc! { "$and": [
@@ -112,12 +153,35 @@ pub fn acquire_pipeline(owner: &str, claim: &str, lease_millis: i64) -> Vec<Docu
     };
     let keep = |name: &str| Bson::String(field(name));
     let expires = doc! { "$add": ["$$NOW", lease_millis] };
-    vec![
-        doc! { "$set": { SCRATCH: { "$let": {
-            "vars": { "free": { "$lte": [held_until_millis(), now_millis()] } },
+    let free_now = doc! { "$lte": [held_until_millis(), now_millis()] };
+    let first = match fair {
+        None => doc! { "$set": { SCRATCH: { "$let": {
+            "vars": { "free": free_now },
             "in": { "free": "$$free", "take": { "$or": ["$$free", mine] } },
         } } } },
-        doc! { "$set": {
+        Some(_) => doc! { "$set": { SCRATCH: { "$let": {
+            "vars": {
+                "free": free_now,
+                "live": { "$filter": {
+                    "input": { "$ifNull": [field(QUEUE), []] },
+                    "as": "e",
+                    "cond": { "$gt": [{ "$toLong": format!("$$e.{ENTRY_EXPIRES}") }, now_millis()] },
+                } },
+            },
+            "in": {
+                "free": "$$free",
+                "live": "$$live",
+                "take": { "$or": [mine, { "$and": ["$$free", { "$or": [
+                    { "$eq": [{ "$size": "$$live" }, 0] },
+                    { "$eq": [
+                        { "$arrayElemAt": [waiters("$$live"), 0] },
+                        { "$literal": claim },
+                    ] },
+                ] }] }] },
+            },
+        } } } },
+    };
+    let mut second = doc! {
             OWNER: { "$cond": [&take, { "$literal": owner }, keep(OWNER)] },
             CLAIM: { "$cond": [&take, claim_value, keep(CLAIM)] },
             ACQUIRED_AT: { "$cond": [&free, "$$NOW", keep(ACQUIRED_AT)] },
@@ -131,10 +195,53 @@ pub fn acquire_pipeline(owner: &str, claim: &str, lease_millis: i64) -> Vec<Docu
             ] },
             PY_LOCKED: { "$cond": [&take, true, keep(PY_LOCKED)] },
             PY_EXPIRE: { "$cond": [&take, &expires, keep(PY_EXPIRE)] },
-            PY_CREATED: { "$cond": [&free, "$$NOW", keep(PY_CREATED)] },
-            SCRATCH: "$$REMOVE",
-        } },
-    ]
+        PY_CREATED: { "$cond": [&free, "$$NOW", keep(PY_CREATED)] },
+        SCRATCH: "$$REMOVE",
+    };
+    if let Some(queueing) = fair {
+        second.insert(QUEUE, queue_after(claim, &take, queueing));
+    }
+    vec![first, doc! { "$set": second }]
+}
+
+/// The claims in a queue: `$map` rather than a `queue.w` path, which some
+/// servers resolve to null on an empty array.
+fn waiters(queue: &str) -> Document {
+    doc! { "$map": { "input": queue, "as": "e", "in": format!("$$e.{WAITER}") } }
+}
+
+/// The queue after a fair attempt: without its lapsed entries, and without
+/// the waiter if it takes the lock, else with its entry extended or (if it
+/// joins) appended. Removed when empty.
+fn queue_after(claim: &str, take: &str, queueing: Queueing<'_>) -> Document {
+    let live = format!("${SCRATCH}.live");
+    let waiter = format!("$$e.{WAITER}");
+    let entry = doc! {
+        WAITER: { "$literal": claim },
+        PROCESS: { "$literal": queueing.tag },
+        ENTRY_EXPIRES: { "$add": ["$$NOW", queueing.expiry_millis] },
+    };
+    let without_me = doc! { "$filter": {
+        "input": &live, "as": "e", "cond": { "$ne": [&waiter, { "$literal": claim }] },
+    } };
+    let extended = doc! { "$map": {
+        "input": &live, "as": "e",
+        "in": { "$cond": [{ "$eq": [&waiter, { "$literal": claim }] }, &entry, "$$e"] },
+    } };
+    let queued = doc! { "$in": [{ "$literal": claim }, waiters(&live)] };
+    let room = doc! { "$lt": [{ "$size": &live }, MAX_QUEUE] };
+    let stay = if queueing.join {
+        doc! { "$cond": [queued, extended, {
+            "$cond": [room, { "$concatArrays": [&live, [entry.clone()]] }, &live],
+        }] }
+    } else {
+        doc! { "$cond": [queued, extended, &live] }
+    };
+    let after = doc! { "$cond": [take, without_me, stay] };
+    doc! { "$let": {
+        "vars": { "q": after },
+        "in": { "$cond": [{ "$eq": [{ "$size": "$$q" }, 0] }, "$$REMOVE", "$$q"] },
+    } }
 }
 
 /// Extends the lease from the server's now. Used with a [`by_holder`] filter.
@@ -150,11 +257,14 @@ pub(crate) fn touch_pipeline(lease_millis: i64) -> Vec<Document> {
 /// lease ends at the server's now. With one, the lease ends at
 /// `acquired_at + min_hold` if that is later than now, and the Python
 /// package's view stays `locked` until then.
-pub fn release_update(min_hold_millis: i64) -> UpdateModifications {
+///
+/// `release_id` marks the release, so that its change event is known as
+/// this process's own (see [`RELEASE_ID`]).
+pub fn release_update(min_hold_millis: i64, release_id: &str) -> UpdateModifications {
     if min_hold_millis <= 0 {
         return UpdateModifications::Document(doc! {
             "$currentDate": { EXPIRES_AT: true, PY_EXPIRE: true },
-            "$set": { PY_LOCKED: false },
+            "$set": { PY_LOCKED: false, RELEASE_ID: release_id },
             "$unset": { OWNER: "", CLAIM: "" },
         });
     }
@@ -165,7 +275,11 @@ pub fn release_update(min_hold_millis: i64) -> UpdateModifications {
         "$$NOW",
     ] };
     UpdateModifications::Pipeline(vec![
-        doc! { "$set": { EXPIRES_AT: &ends, PY_EXPIRE: &ends } },
+        doc! { "$set": {
+            EXPIRES_AT: &ends,
+            PY_EXPIRE: &ends,
+            RELEASE_ID: { "$literal": release_id },
+        } },
         doc! { "$unset": [OWNER, CLAIM] },
     ])
 }
@@ -176,14 +290,14 @@ mod tests {
 
     #[test]
     fn owner_is_always_literal_in_acquire_pipeline() {
-        let text: String = acquire_pipeline("$evil", "", 1000)
+        let text: String = acquire_pipeline("$evil", "", 1000, None)
             .iter()
             .map(ToString::to_string)
             .collect();
         let uses = text.matches("\"$evil\"").count();
         let wrapped = text.matches("\"$literal\": \"$evil\"").count();
         assert_eq!(uses, 2, "{text}");
-        let text: String = acquire_pipeline("o", "$evil_claim", 1000)
+        let text: String = acquire_pipeline("o", "$evil_claim", 1000, None)
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -207,19 +321,19 @@ mod tests {
 
     #[test]
     fn release_without_min_hold_is_an_operator_update() {
-        let UpdateModifications::Document(update) = release_update(0) else {
+        let UpdateModifications::Document(update) = release_update(0, "r1") else {
             panic!("a pipeline where an operator update does");
         };
         assert_eq!(
             update,
             doc! {
                 "$currentDate": { "expires_at": true, "expire": true },
-                "$set": { "locked": false },
+                "$set": { "locked": false, "release_id": "r1" },
                 "$unset": { "owner": "", "claim": "" },
             }
         );
         assert!(matches!(
-            release_update(5),
+            release_update(5, "r1"),
             UpdateModifications::Pipeline(_)
         ));
     }

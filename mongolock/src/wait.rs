@@ -5,7 +5,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::acquire::{Attempt, Request};
+use crate::acquire::{Attempt, Place, Request};
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
 use crate::mongo_lock::MongoLock;
@@ -114,10 +114,13 @@ impl MongoLock {
             lock: self,
             req,
             armed: false,
+            queued: false,
         };
         let result = self.attempt_until_inner(req, &mut orphan).await;
         if matches!(result, Ok(Attempt::Acquired { .. })) {
+            // Taking the lock also took the waiter out of the queue.
             orphan.armed = false;
+            orphan.queued = false;
         }
         if let Ok(attempt) = &result {
             log_outcome(req, attempt);
@@ -126,7 +129,7 @@ impl MongoLock {
                     crate::metrics::acquired(&req.key);
                     crate::metrics::waited(&req.key, started.elapsed());
                 }
-                Attempt::Busy(_) => crate::metrics::busy(&req.key),
+                Attempt::Busy(..) => crate::metrics::busy(&req.key),
             }
         }
         result
@@ -143,7 +146,8 @@ impl MongoLock {
                 .await
                 .inspect(|_| orphan.armed = false);
         };
-        let interest = self.wakeups().subscribe(self.collection(), &req.key);
+        let claim = req.fair.then_some(req.claim.as_str());
+        let interest = self.wakeups().subscribe(self.collection(), &req.key, claim);
         let (mut polls, mut late, mut failures) = (0_u32, 0_u32, 0_u32);
         let mut unknown = false;
         let mut last_error = None;
@@ -162,14 +166,15 @@ impl MongoLock {
                 }),
             };
             let now = Instant::now();
-            let holder = match attempt {
-                Ok(Attempt::Busy(holder)) => {
+            let (holder, place) = match attempt {
+                Ok(Attempt::Busy(holder, place)) => {
                     orphan.armed = unknown;
+                    orphan.queued |= place.position.is_some();
                     failures = 0;
                     if now >= deadline {
-                        return Ok(Attempt::Busy(holder));
+                        return Ok(Attempt::Busy(holder, place));
                     }
-                    holder
+                    (holder, place)
                 }
                 Err(error) if error.is_transient() && now < deadline => {
                     unknown = true;
@@ -197,8 +202,8 @@ impl MongoLock {
             };
             let wake_at = self
                 .next_wake(&holder, &mut polls, &mut late, now, deadline)
-                .await
-                .min(deadline);
+                .await;
+            let wake_at = self.queued_wake(&place, wake_at, now).min(deadline);
             tracing::trace!(key = %req.key, wait = ?wake_at.saturating_duration_since(now), "mongolock waiting");
             tokio::select! {
                 _ = tokio::time::sleep_until(wake_at) => {}
@@ -240,20 +245,52 @@ impl MongoLock {
     }
 }
 
+impl MongoLock {
+    /// When a queued waiter tries again, given `wake_at`, when an unqueued
+    /// one would. Every waiter re-asks within a third of the queue expiry,
+    /// to keep its entry. One that is not the head, with the stream open,
+    /// does not wait for the lease to end (the head takes the lock then, and
+    /// the release that makes it the head wakes it) but for the head's entry
+    /// to lapse, in case the head died.
+    fn queued_wake(&self, place: &Place, wake_at: Instant, now: Instant) -> Instant {
+        let Some(position) = place.position else {
+            return wake_at;
+        };
+        let keep_entry = now + self.queue_expiry() / 3;
+        if position > 0 && self.wakeups().stream_open() {
+            let head_lapses = place
+                .head_expires
+                .and_then(|at| self.server_clock().local_instant(at))
+                .map_or(keep_entry, |at| at.max(now));
+            return keep_entry.min(head_lapses);
+        }
+        keep_entry.min(wake_at)
+    }
+}
+
 /// An acquisition whose attempt may have taken the lock without the caller
 /// knowing it (a lost reply, a timeout, a dropped future). Unless disarmed,
 /// it releases that lock in the background when dropped, matched by owner
 /// and claim, so it cannot touch any other acquisition's lock. Only
 /// `acquire()` has claims; `lock(key, owner)`'s caller knows its owner and
 /// can release it.
+///
+/// A fair acquisition that queued and did not take the lock leaves the
+/// queue the same way, so that the waiters behind it need not wait for its
+/// entry to lapse.
 struct Orphan<'a> {
     lock: &'a MongoLock,
     req: &'a Request,
     armed: bool,
+    queued: bool,
 }
 
 impl Drop for Orphan<'_> {
     fn drop(&mut self) {
+        if self.queued {
+            self.lock
+                .leave_queue_in_background(self.req.key.clone(), self.req.claim.clone());
+        }
         if self.armed && !self.req.claim.is_empty() {
             tracing::debug!(key = %self.req.key, owner = %self.req.owner, "mongolock releasing what an unanswered attempt may have taken");
             self.lock.release_in_background(
@@ -271,7 +308,7 @@ fn log_outcome(req: &Request, attempt: &Attempt) {
         Attempt::Acquired { info, .. } => {
             tracing::debug!(key = %req.key, owner = %req.owner, token = info.token, "mongolock acquired");
         }
-        Attempt::Busy(holder) => {
+        Attempt::Busy(holder, _) => {
             tracing::debug!(key = %req.key, owner = %req.owner, holder = ?holder.owner, "mongolock busy");
         }
     }

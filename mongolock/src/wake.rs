@@ -2,19 +2,27 @@
 //! `MongoLock`, shared by all its waiters. The stream only makes waiting
 //! faster and cheaper; correctness never depends on it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use mongodb::bson::{doc, Document};
+use mongodb::options::FullDocumentType;
 use mongodb::Collection;
 use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 
+use crate::query::{PROCESS, QUEUE, RELEASE_ID, WAITER};
+
 /// How long to wait before reopening a broken stream.
 const REOPEN_DELAY: Duration = Duration::from_secs(1);
+
+/// How many of its own releases per key a process remembers, to hold back
+/// their change events. Their ids are unique, so an id that is never seen
+/// again (its event went to another process) does no harm until it drops out.
+const OWN_RELEASES: usize = 64;
 
 const NOT_STARTED: u8 = 0;
 const OPENING: u8 = 1;
@@ -31,34 +39,64 @@ pub(crate) struct Wakeups {
     enabled: bool,
     /// Dropped with the `MongoLock`, which stops the stream task.
     shutdown: watch::Sender<()>,
+    /// This `MongoLock`'s name in queue entries: a release whose queue head
+    /// carries it is this process's to act on.
+    tag: String,
+    next_id: AtomicU64,
 }
 
 /// The waiters of one key.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct KeyWaiters {
+    /// Oldest first.
+    waiters: Vec<Waiter>,
+    /// Ids of releases by this `MongoLock` whose waiter it woke directly:
+    /// their change events are not delivered again, so one release wakes
+    /// one waiter of this process, not two.
+    own_releases: VecDeque<String>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    /// A fair waiter's claim, as in its queue entry.
+    claim: Option<String>,
     notify: Arc<Notify>,
-    /// How many interests share it.
-    interests: usize,
-    /// Releases by this `MongoLock` whose waiter is woken directly: their
-    /// change events are not delivered again, so one release wakes one
-    /// waiter of this process, not two.
-    local_releases: u32,
+}
+
+/// The head of a key's queue: whose turn it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    process: String,
+    waiter: String,
+}
+
+impl Head {
+    /// The first entry of a lock document's queue, if any.
+    pub(crate) fn of(doc: Option<&Document>) -> Option<Self> {
+        let entry = doc?.get_array(QUEUE).ok()?.first()?.as_document()?;
+        Some(Self {
+            process: entry.get_str(PROCESS).ok()?.to_owned(),
+            waiter: entry.get_str(WAITER).ok()?.to_owned(),
+        })
+    }
 }
 
 /// A waiter's registration for one key.
 pub(crate) struct Interest {
     wakeups: Arc<Wakeups>,
     key: String,
+    id: u64,
     notify: Arc<Notify>,
 }
 
 impl Interest {
-    /// A wake-up for this key. Enable it before the attempt whose failure
-    /// leads to a sleep, so that a release in between is not missed.
+    /// A wake-up for this waiter. Enable it before the attempt whose
+    /// failure leads to a sleep, so that a release in between is not missed.
     ///
-    /// A release wakes one waiter of this `MongoLock`: one retry is enough
-    /// to take a free lock, and the rest would only load the server. If that
-    /// waiter loses to another process, the next release wakes the next.
+    /// A release wakes at most one waiter of this `MongoLock`: the queue's
+    /// head if it is here, else (no queue) the oldest waiter. One retry is
+    /// enough to take a free lock; the rest would only load the server.
     pub(crate) fn notified(&self) -> Notified<'_> {
         self.notify.notified()
     }
@@ -68,8 +106,8 @@ impl Drop for Interest {
     fn drop(&mut self) {
         let mut keys = self.wakeups.keys();
         if let Some(waiters) = keys.get_mut(&self.key) {
-            waiters.interests -= 1;
-            if waiters.interests == 0 {
+            waiters.waiters.retain(|w| w.id != self.id);
+            if waiters.waiters.is_empty() {
                 keys.remove(&self.key);
             }
         }
@@ -83,7 +121,14 @@ impl Wakeups {
             status: AtomicU8::new(NOT_STARTED),
             enabled,
             shutdown: watch::Sender::new(()),
+            tag: format!("{:016x}", rand::random::<u64>()),
+            next_id: AtomicU64::new(0),
         }
+    }
+
+    /// This `MongoLock`'s name in queue entries.
+    pub(crate) fn tag(&self) -> &str {
+        &self.tag
     }
 
     /// Whether waiters can rely on the stream to hear of releases.
@@ -92,16 +137,18 @@ impl Wakeups {
     }
 
     /// The waiters by key. A panic elsewhere while holding the lock leaves
-    /// plain counters behind, still usable.
+    /// plain lists behind, still usable.
     fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyWaiters>> {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers interest in `key`, starting the shared stream on first use.
+    /// Registers a waiter of `key` (with its claim if it queues), starting
+    /// the shared stream on first use.
     pub(crate) fn subscribe(
         self: &Arc<Self>,
         collection: &Collection<Document>,
         key: &str,
+        claim: Option<&str>,
     ) -> Interest {
         if self.enabled
             && self
@@ -117,33 +164,43 @@ impl Wakeups {
             };
             tokio::spawn(task.run());
         }
-        let mut keys = self.keys();
-        let waiters = keys.entry(key.to_owned()).or_insert_with(|| KeyWaiters {
-            notify: Arc::new(Notify::new()),
-            interests: 0,
-            local_releases: 0,
-        });
-        waiters.interests += 1;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        self.keys()
+            .entry(key.to_owned())
+            .or_default()
+            .waiters
+            .push(Waiter {
+                id,
+                claim: claim.map(str::to_owned),
+                notify: notify.clone(),
+            });
         Interest {
             wakeups: self.clone(),
             key: key.to_owned(),
-            notify: waiters.notify.clone(),
+            id,
+            notify,
         }
     }
 
-    /// Called before this `MongoLock` releases `key`: if it has waiters of
-    /// `key` and the stream is open, the release's change event is to wake
-    /// nobody, since [`released_here`](Self::released_here) wakes a waiter
-    /// directly. Set before the write, because the event may arrive before
-    /// the write's reply.
+    /// Called before this `MongoLock` releases `key`, with the id the
+    /// release writes. If it has waiters of `key` and the stream is open,
+    /// the release's change event is to wake nobody, since
+    /// [`released_here`](LocalRelease::released_here) wakes a waiter
+    /// directly. Recorded before the write, because the event may arrive
+    /// before the write's reply.
     ///
     /// `emits_event` is false for a release into a minimum hold: the lock
     /// stays `locked` until the hold ends, and no event reports it.
     pub(crate) fn releasing_here(&self, key: &str, emits_event: bool) -> LocalRelease<'_> {
+        let id = format!("{:016x}", rand::random::<u64>());
         let mut keys = self.keys();
         let expected = match keys.get_mut(key) {
             Some(waiters) if emits_event && self.stream_open() => {
-                waiters.local_releases += 1;
+                if waiters.own_releases.len() >= OWN_RELEASES {
+                    waiters.own_releases.pop_front();
+                }
+                waiters.own_releases.push_back(id.clone());
                 true
             }
             _ => false,
@@ -151,42 +208,62 @@ impl Wakeups {
         LocalRelease {
             wakeups: self,
             key: key.to_owned(),
+            id,
             expected,
         }
     }
 
-    /// A change event for `key`: wakes one waiter, unless it reports a
-    /// release whose waiter this `MongoLock` woke directly.
-    fn event(&self, key: &str) {
-        let mut keys = self.keys();
-        if let Some(waiters) = keys.get_mut(key) {
-            if waiters.local_releases > 0 {
-                waiters.local_releases -= 1;
+    /// A release event for `key`: wakes the waiter whose turn it is, unless
+    /// it reports a release whose waiter this `MongoLock` woke directly.
+    fn event(&self, key: &str, release_id: Option<&str>, head: Option<&Head>) {
+        {
+            let mut keys = self.keys();
+            let Some(waiters) = keys.get_mut(key) else {
+                return;
+            };
+            if let Some(at) =
+                release_id.and_then(|id| waiters.own_releases.iter().position(|own| own == id))
+            {
+                waiters.own_releases.remove(at);
                 return;
             }
-            tracing::trace!(key, "mongolock waking a waiter");
-            waiters.notify.notify_one();
         }
+        self.wake(key, head);
     }
 
-    /// Wakes one waiter of `key`.
-    fn wake(&self, key: &str) {
+    /// Wakes the waiter of `key` whose turn it is: the queue's head if it
+    /// is this process's (or, gone, the oldest waiter here); nobody if the
+    /// head is another process's; the oldest waiter if there is no queue.
+    fn wake(&self, key: &str, head: Option<&Head>) {
         let keys = self.keys();
-        if let Some(waiters) = keys.get(key) {
+        let Some(waiters) = keys.get(key) else {
+            return;
+        };
+        let chosen = match head {
+            Some(head) if head.process != self.tag => return,
+            Some(head) => waiters
+                .waiters
+                .iter()
+                .find(|w| w.claim.as_deref() == Some(head.waiter.as_str()))
+                .or_else(|| waiters.waiters.first()),
+            None => waiters.waiters.first(),
+        };
+        if let Some(waiter) = chosen {
             tracing::trace!(key, "mongolock waking a waiter");
-            waiters.notify.notify_one();
+            waiter.notify.notify_one();
         }
     }
 
     /// Wakes every waiter, so they notice the stream is down and poll, or
-    /// look again now that it is open. Pending local releases are
-    /// forgotten: across a reopen their events may be lost, and a remote
-    /// release must never be taken for one.
+    /// look again now that it is open. Their own releases are forgotten:
+    /// across a reopen their events may be lost.
     fn wake_all(&self) {
         let mut keys = self.keys();
         for waiters in keys.values_mut() {
-            waiters.local_releases = 0;
-            waiters.notify.notify_waiters();
+            waiters.own_releases.clear();
+            for waiter in &waiters.waiters {
+                waiter.notify.notify_waiters();
+            }
         }
     }
 
@@ -222,13 +299,20 @@ impl Drop for TaskAlive {
 pub(crate) struct LocalRelease<'a> {
     wakeups: &'a Wakeups,
     key: String,
+    id: String,
     expected: bool,
 }
 
 impl LocalRelease<'_> {
-    /// The release took effect: wake one waiter of this process now.
-    pub(crate) fn released_here(mut self) {
-        self.wakeups.wake(&self.key);
+    /// The id the release writes into the lock document.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The release took effect, leaving `head` first in the queue: wake
+    /// the waiter here whose turn it is, if any.
+    pub(crate) fn released_here(mut self, head: Option<&Head>) {
+        self.wakeups.wake(&self.key, head);
         self.expected = false;
     }
 }
@@ -240,7 +324,7 @@ impl Drop for LocalRelease<'_> {
         if self.expected {
             let mut keys = self.wakeups.keys();
             if let Some(waiters) = keys.get_mut(&self.key) {
-                waiters.local_releases = waiters.local_releases.saturating_sub(1);
+                waiters.own_releases.retain(|id| *id != self.id);
             }
         }
     }
@@ -255,24 +339,43 @@ struct StreamTask {
     _alive: TaskAlive,
 }
 
-/// The events after which a waiter may take a lock: a release (which sets
-/// `locked: false`, as the Python package's does too; `force_release` also
-/// during a minimum hold) and a deleted document. Acquisitions, takeovers
-/// and renewals wake nobody: a waiter could not take the lock after them.
+/// The events after which a waiter of the process tagged `tag` may take a
+/// lock: a release (which sets `locked: false`, as the Python package's does
+/// too; `force_release` also during a minimum hold) and a deleted document,
+/// and of the releases only those that leave no queue or one headed by
+/// this process. Acquisitions, takeovers, renewals and queue updates wake
+/// nobody: a waiter could not take the lock after them; nor does a release
+/// whose next holder waits in another process.
 ///
 /// Written for both shapes of events: MongoDB 5.0+ reports pipeline updates
 /// as `update` with the changed fields, 4.4 as `replace` with the whole
 /// document (SERVER-42116), so an acquisition or renewal there is a
-/// `replace` of a document with `locked: true`.
-pub fn release_events() -> Vec<Document> {
+/// `replace` of a document with `locked: true`. The queue is read from the
+/// document as the stream looks it up (`updateLookup`), which may be a
+/// little later than the release: at worst a waiter is woken whose turn
+/// has just passed, and finds the lock taken.
+pub fn release_events(tag: &str) -> Vec<Document> {
     let locked = crate::query::PY_LOCKED;
     vec![
-        doc! { "$match": { "$or": [
-            { "operationType": "delete" },
-            { format!("updateDescription.updatedFields.{locked}"): false },
-            { "operationType": "replace", format!("fullDocument.{locked}"): false },
+        doc! { "$match": { "$and": [
+            { "$or": [
+                { "operationType": "delete" },
+                { format!("updateDescription.updatedFields.{locked}"): false },
+                { "operationType": "replace", format!("fullDocument.{locked}"): false },
+            ] },
+            { "$or": [
+                { "operationType": "delete" },
+                { format!("fullDocument.{QUEUE}.0"): { "$exists": false } },
+                { format!("fullDocument.{QUEUE}.0.{PROCESS}"): tag },
+            ] },
         ] } },
-        doc! { "$project": { "operationType": 1, "documentKey": 1 } },
+        doc! { "$project": {
+            "operationType": 1,
+            "documentKey": 1,
+            "updateDescription": 1,
+            format!("fullDocument.{QUEUE}"): 1,
+            format!("fullDocument.{RELEASE_ID}"): 1,
+        } },
     ]
 }
 
@@ -290,11 +393,15 @@ impl StreamTask {
         // Where to pick up after a broken stream, so that no release between
         // the break and the reopen goes unseen.
         let mut resume = None;
+        let Some(wakeups_tag) = self.wakeups.upgrade().map(|w| w.tag.clone()) else {
+            return;
+        };
         loop {
             let opened = self
                 .collection
                 .watch()
-                .pipeline(release_events())
+                .pipeline(release_events(&wakeups_tag))
+                .full_document(FullDocumentType::UpdateLookup)
                 .resume_after(resume.clone())
                 .await;
             let Some(wakeups) = self.wakeups.upgrade() else {
@@ -338,7 +445,20 @@ impl StreamTask {
                             .as_ref()
                             .and_then(|k| k.get_str("_id").ok())
                         {
-                            wakeups.event(key);
+                            // The event's own id first: a looked-up
+                            // document may already show a later release's.
+                            let release_id = event
+                                .update_description
+                                .as_ref()
+                                .and_then(|u| u.updated_fields.get_str(RELEASE_ID).ok())
+                                .or_else(|| {
+                                    event
+                                        .full_document
+                                        .as_ref()
+                                        .and_then(|d| d.get_str(RELEASE_ID).ok())
+                                });
+                            let head = Head::of(event.full_document.as_ref());
+                            wakeups.event(key, release_id, head.as_ref());
                         }
                     }
                     Some(Err(error)) => {
@@ -385,7 +505,7 @@ mod tests {
         // A release before the stream is open is heard by nobody: the
         // waiters must look again once it is open, and when it reopens.
         let wakeups = Arc::new(Wakeups::new(false));
-        let interest = wakeups.subscribe(&unused_collection().await, "job");
+        let interest = wakeups.subscribe(&unused_collection().await, "job", None);
         for status in [OPEN, DOWN, OPEN] {
             let mut woken = std::pin::pin!(interest.notified());
             woken.as_mut().enable();
@@ -401,7 +521,7 @@ mod tests {
         let wakeups = Arc::new(Wakeups::new(true));
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
-            let _interest = wakeups.subscribe(&unused_collection().await, "job");
+            let _interest = wakeups.subscribe(&unused_collection().await, "job", None);
             // As if the stream had opened.
             wakeups.set_status(OPEN);
             assert!(wakeups.stream_open());
@@ -414,35 +534,86 @@ mod tests {
         assert_eq!(wakeups.status.load(Ordering::Acquire), NOT_STARTED);
     }
 
+    /// Whether `act` wakes `interest`.
+    fn wakes(interest: &Interest, act: impl FnOnce()) -> bool {
+        let mut notified = std::pin::pin!(interest.notified());
+        notified.as_mut().enable();
+        act();
+        notified.now_or_never().is_some()
+    }
+
     #[tokio::test]
     async fn a_local_release_wakes_one_waiter_here_not_two() {
         let wakeups = Arc::new(Wakeups::new(false));
-        let interest = wakeups.subscribe(&unused_collection().await, "job");
+        let interest = wakeups.subscribe(&unused_collection().await, "job", None);
         wakeups.set_status(OPEN);
-        let woken_by = |act: Box<dyn FnOnce() + '_>| {
-            let mut notified = std::pin::pin!(interest.notified());
-            notified.as_mut().enable();
-            act();
-            notified.now_or_never().is_some()
-        };
         // The release's event may come before the write's reply: it is not
         // delivered; the direct wake after the reply is.
         let release = wakeups.releasing_here("job", true);
-        assert!(!woken_by(Box::new(|| wakeups.event("job"))), "woken twice");
-        assert!(woken_by(Box::new(|| release.released_here())));
-        // The next event is someone else's release: delivered.
-        assert!(woken_by(Box::new(|| wakeups.event("job"))));
+        let id = release.id().to_owned();
+        assert!(!wakes(&interest, || wakeups.event("job", Some(&id), None)));
+        assert!(wakes(&interest, || release.released_here(None)));
+        // Someone else's release: delivered.
+        assert!(wakes(&interest, || wakeups.event(
+            "job",
+            Some("other"),
+            None
+        )));
         // A release that did not happen leaves events alone.
-        drop(wakeups.releasing_here("job", true));
-        assert!(woken_by(Box::new(|| wakeups.event("job"))));
+        let failed = wakeups.releasing_here("job", true);
+        let id = failed.id().to_owned();
+        drop(failed);
+        assert!(wakes(&interest, || wakeups.event("job", Some(&id), None)));
         // A release into a minimum hold has no event to hold back.
-        wakeups.releasing_here("job", false).released_here();
-        assert!(woken_by(Box::new(|| wakeups.event("job"))));
-        // A reopened stream forgets pending releases: their events may be lost.
+        let held = wakeups.releasing_here("job", false);
+        let id = held.id().to_owned();
+        held.released_here(None);
+        assert!(wakes(&interest, || wakeups.event("job", Some(&id), None)));
+        // A reopened stream forgets its own releases: their events may be lost.
         let pending = wakeups.releasing_here("job", true);
+        let id = pending.id().to_owned();
         wakeups.set_status(DOWN);
         wakeups.set_status(OPEN);
-        assert!(woken_by(Box::new(|| wakeups.event("job"))));
+        assert!(wakes(&interest, || wakeups.event("job", Some(&id), None)));
         drop(pending);
+    }
+
+    #[tokio::test]
+    async fn a_release_wakes_only_the_queue_head() {
+        let wakeups = Arc::new(Wakeups::new(false));
+        let collection = unused_collection().await;
+        let first = wakeups.subscribe(&collection, "job", Some("c1"));
+        let second = wakeups.subscribe(&collection, "job", Some("c2"));
+        let head = |process: &str, waiter: &str| Head {
+            process: process.to_owned(),
+            waiter: waiter.to_owned(),
+        };
+        let here = wakeups.tag().to_owned();
+        // The second in line here is the head: it alone is woken.
+        assert!(!wakes(&first, || wakeups.event(
+            "job",
+            None,
+            Some(&head(&here, "c2"))
+        )));
+        assert!(wakes(&second, || wakeups.event(
+            "job",
+            None,
+            Some(&head(&here, "c2"))
+        )));
+        // Another process's head: nobody here.
+        assert!(!wakes(&first, || wakeups.event(
+            "job",
+            None,
+            Some(&head("elsewhere", "c1"))
+        )));
+        let release = wakeups.releasing_here("job", true);
+        assert!(!wakes(&first, || release
+            .released_here(Some(&head("elsewhere", "x")))));
+        // A head that left: the oldest waiter here looks.
+        assert!(wakes(&first, || wakeups.event(
+            "job",
+            None,
+            Some(&head(&here, "gone"))
+        )));
     }
 }

@@ -2,19 +2,22 @@
 //!
 //! `cargo run --release --example bench` runs it against a local SecantusDB
 //! it starts itself, or against `MONGODB_URI`. Every figure comes from the
-//! same run against the same server.
+//! same run against the same server. The contention rows run this crate,
+//! a 10 ms poller and the Python package `mongolock` side by side, each in
+//! peer processes of its own (`compare.rs`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+mod compare;
+mod peer;
+
+use std::sync::atomic::Ordering;
+
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
-use mongodb::event::command::CommandEvent;
-use mongodb::event::EventHandler;
-use mongodb::options::{ClientOptions, ReturnDocument};
+use mongodb::options::ReturnDocument;
 use mongodb::{Client, Collection};
 use mongolock::__private::raw;
-use mongolock::{mongo_locked, Backoff, MongoLock};
+use mongolock::{mongo_locked, MongoLock};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -26,21 +29,6 @@ struct Bench {
 impl Bench {
     async fn client(&self) -> Result<Client> {
         Ok(Client::with_uri_str(&self.uri).await?)
-    }
-
-    /// A client whose commands are counted.
-    async fn counted_client(&self) -> Result<(Client, Arc<AtomicU64>)> {
-        let count = Arc::new(AtomicU64::new(0));
-        let mut options = ClientOptions::parse(&self.uri).await?;
-        let seen = count.clone();
-        options.command_event_handler = Some(EventHandler::callback(move |event| {
-            if let CommandEvent::Started(started) = event {
-                if started.command_name != "hello" && started.command_name != "isMaster" {
-                    seen.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-        Ok((Client::with_options(options)?, count))
     }
 
     async fn collection(&self, name: &str) -> Result<Collection<Document>> {
@@ -122,14 +110,17 @@ async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
         let taken = coll
             .find_one_and_update(
                 raw::by_key(&key),
-                raw::acquire_pipeline(&owner, "raw", lease as i64),
+                raw::acquire_pipeline(&owner, "raw", lease as i64, None),
             )
             .upsert(true)
             .return_document(ReturnDocument::After)
             .await?
             .and_then(|d| d.get_i64("token").ok());
-        coll.update_one(raw::by_holder(&key, &owner, taken), raw::release_update(0))
-            .await?;
+        coll.update_one(
+            raw::by_holder(&key, &owner, taken),
+            raw::release_update(0, "raw"),
+        )
+        .await?;
         raw_times.push(start.elapsed());
     }
     Ok((percentile(&mut ours, 0.5), percentile(&mut raw_times, 0.5)))
@@ -165,41 +156,6 @@ async fn macro_overhead(bench: &Bench) -> Result<(Duration, Duration)> {
         percentile(&mut with_macro, 0.5),
         percentile(&mut by_hand, 0.5),
     ))
-}
-
-/// Row 3, release-to-next-acquire latency: a holder on `holder` releases
-/// while `waiters` tasks on `waiting` wait for the key; the time until the
-/// first of them holds it. One sample per round.
-async fn handoff(holder: &MongoLock, waiting: &MongoLock, waiters: usize) -> Result<Vec<Duration>> {
-    const ROUNDS: usize = 30;
-    let mut samples = Vec::new();
-    for round in 0..ROUNDS {
-        let key = format!("handoff{round}");
-        let guard = holder.acquire(&key).await?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut tasks = Vec::new();
-        for _ in 0..waiters {
-            let (lock, key, tx) = (waiting.clone(), key.clone(), tx.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Ok(guard) = lock.acquire(&key).timeout(Duration::from_secs(30)).await {
-                    let _ = tx.send(Instant::now());
-                    let _ = guard.release().await;
-                }
-            }));
-        }
-        // Let every waiter find the lock busy and go to sleep; a random hold
-        // keeps the release out of step with any polling period.
-        let hold = 100 + rand::random::<u64>() % 100;
-        tokio::time::sleep(Duration::from_millis(hold)).await;
-        let released = Instant::now();
-        guard.release().await?;
-        let first = rx.recv().await.ok_or("no waiter got the lock")?;
-        samples.push(first - released);
-        for task in tasks {
-            task.await?;
-        }
-    }
-    Ok(samples)
 }
 
 /// Row 4: How long after a vanished holder's expiry (server time) a waiter
@@ -275,7 +231,7 @@ async fn blocked_waiters(
                 .await?,
         );
     }
-    let (client, count) = bench.counted_client().await?;
+    let (client, count) = peer::counted_client(&bench.uri).await?;
     let lock = MongoLock::with_collection(client.database(&bench.db).collection(name))
         .with_change_streams(streams);
     let rss_before = rss_kib();
@@ -310,40 +266,24 @@ async fn blocked_waiters(
     })
 }
 
-/// Row 6b: N workers contending for one key: throughput and acquire latency.
-async fn scale_workers(bench: &Bench, workers: usize) -> Result<(f64, Duration, Duration)> {
-    let lock = bench.lock(&format!("workers{workers}")).await?;
-    let window = Duration::from_secs(4);
-    let end = Instant::now() + window;
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let (lock, latencies) = (lock.clone(), latencies.clone());
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < end {
-                let start = Instant::now();
-                let Ok(guard) = lock.acquire("w").timeout(Duration::from_secs(30)).await else {
-                    continue;
-                };
-                latencies.lock().map(|mut l| l.push(start.elapsed())).ok();
-                let _ = guard.release().await;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await?;
-    }
-    let mut latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    let throughput = latencies.len() as f64 / window.as_secs_f64();
-    Ok((
-        throughput,
-        percentile(&mut latencies, 0.5),
-        percentile(&mut latencies, 0.99),
-    ))
+/// The Python with the Python package, installed on first use by
+/// `scripts/python-mongolock`; `None` (and the column skipped) without it.
+fn python() -> Option<String> {
+    let out = std::process::Command::new(
+        mongolock_suite::workspace_root().join("scripts/python-mongolock"),
+    )
+    .stderr(std::process::Stdio::inherit())
+    .output()
+    .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !path.is_empty()).then_some(path)
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    if let Ok(kind) = std::env::var(peer::PEER) {
+        return peer::run(&kind).await;
+    }
     let uri = mongolock_suite::server_uri()?;
     let bench = Bench {
         uri,
@@ -390,64 +330,6 @@ async fn main() -> Result<()> {
         "<= 1.5",
     );
 
-    const WAITERS: usize = 4;
-    let holder = bench.lock("handoff").await?;
-    let polling = |lock: MongoLock| -> Result<MongoLock> {
-        Ok(lock.with_change_streams(false).with_backoff(Backoff::new(
-            Duration::from_millis(100),
-            Duration::from_millis(100),
-        )?))
-    };
-    let variants = [
-        ("other client, change stream", WAITERS),
-        ("same MongoLock, local wake", WAITERS),
-        ("fixed 100 ms polling", WAITERS),
-        ("other client, change stream", 1),
-        ("fixed 100 ms polling", 1),
-    ];
-    // The change-stream figure with the same number of waiters, for the ratio.
-    let mut stream_p50 = Duration::ZERO;
-    for (name, waiters) in variants {
-        // One variant's change stream at a time: each costs the server.
-        let waiting = match name {
-            "same MongoLock, local wake" => holder.clone(),
-            "fixed 100 ms polling" => polling(bench.lock("handoff").await?)?,
-            _ => bench.lock("handoff").await?,
-        };
-        let mut samples = handoff(&holder, &waiting, waiters).await?;
-        drop(waiting);
-        let (p50, p99) = (
-            percentile(&mut samples, 0.5),
-            percentile(&mut samples, 0.99),
-        );
-        if name == "other client, change stream" {
-            stream_p50 = p50;
-        }
-        let polled = name.contains("polling");
-        let ratio = if polled {
-            format!(
-                "{:.1}x slower",
-                p50.as_secs_f64() / stream_p50.as_secs_f64().max(1e-9)
-            )
-        } else {
-            format!(
-                "{:.1} lock round trips",
-                p50.as_secs_f64() / op.as_secs_f64()
-            )
-        };
-        row(
-            &format!("3. handoff, {waiters} waiter(s), {name}: p50 / p99"),
-            &format!("{} / {}", ms(p50), ms(p99)),
-            "-",
-            &ratio,
-            if polled {
-                ">= 10x slower"
-            } else {
-                "p50 <= 2 round trips"
-            },
-        );
-    }
-
     let mut late = takeover(&bench).await?;
     let t50 = percentile(&mut late, 0.5);
     row(
@@ -461,24 +343,6 @@ async fn main() -> Result<()> {
         "<= 1 round trip + 10 ms",
     );
 
-    const IDLE_WAITERS: usize = 20;
-    let streamed = blocked_waiters(&bench, "idle_stream", IDLE_WAITERS, IDLE_WAITERS, true).await?;
-    let polled = blocked_waiters(&bench, "idle_poll", IDLE_WAITERS, IDLE_WAITERS, false).await?;
-    let per_waiter = |b: &Blocked| b.commands_per_s / IDLE_WAITERS as f64;
-    row(
-        &format!("5. idle load, {IDLE_WAITERS} waiters on held keys"),
-        &format!(
-            "{:.3} cmd/s per waiter (change stream)",
-            per_waiter(&streamed)
-        ),
-        &format!(
-            "{:.3} cmd/s per waiter (polling fallback)",
-            per_waiter(&polled)
-        ),
-        "-",
-        "<= 1 (polling), ~0 (stream)",
-    );
-
     let scale = blocked_waiters(&bench, "scale", 100, 1000, true).await?;
     row(
         "6a. 1,000 waiters on 100 keys",
@@ -490,16 +354,12 @@ async fn main() -> Result<()> {
         "-",
         "-",
     );
-    for workers in [1, 4, 16, 64] {
-        let (throughput, l50, l99) = scale_workers(&bench, workers).await?;
-        row(
-            &format!("6b. {workers} workers on one key"),
-            &format!("{throughput:.0} acquisitions/s"),
-            &format!("acquire latency p50 {} / p99 {}", ms(l50), ms(l99)),
-            "-",
-            "-",
-        );
-    }
+    let env = compare::Env {
+        uri: bench.uri.clone(),
+        db: bench.db.clone(),
+        python: python(),
+    };
+    compare::rows(&env).await?;
     bench.client().await?.database(&bench.db).drop().await?;
     Ok(())
 }

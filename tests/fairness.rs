@@ -1,0 +1,160 @@
+//! FIFO fairness across processes: waiters in other processes take a lock
+//! in the order they queued, and one that dies in the queue holds it up only
+//! until its entry lapses.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use mongodb::bson::{doc, DateTime, Document};
+use mongodb::Collection;
+use mongolock::MongoLock;
+use mongolock_suite::server_uri;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+const ROLE: &str = "MONGOLOCK_FAIRNESS_ROLE";
+const COLLECTION: &str = "MONGOLOCK_FAIRNESS_COLLECTION";
+const QUEUE_EXPIRY: &str = "MONGOLOCK_FAIRNESS_QUEUE_EXPIRY_MS";
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn collection(name: &str) -> Collection<Document> {
+    let client = mongodb::Client::with_uri_str(server_uri().unwrap())
+        .await
+        .unwrap();
+    client.database("mongolock_test").collection(name)
+}
+
+/// The child side: queues for `job`, prints its claim when queued and its
+/// token when it holds the lock, then releases it.
+#[tokio::test]
+async fn child() {
+    let (Ok(role), Ok(name)) = (std::env::var(ROLE), std::env::var(COLLECTION)) else {
+        return;
+    };
+    assert_eq!(role, "waiter");
+    let expiry: u64 = std::env::var(QUEUE_EXPIRY).unwrap().parse().unwrap();
+    let lock = MongoLock::with_collection(collection(&name).await)
+        .with_queue_expiry(Duration::from_millis(expiry))
+        .unwrap();
+    let guard = lock.acquire("job").fair(true).timeout(WAIT).await.unwrap();
+    println!("HOLDING {}", guard.token());
+    assert!(guard.release().await.unwrap());
+}
+
+struct Waiter {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Waiter {
+    /// A waiter in a process of its own, returned once its entry is in the
+    /// queue (read back from the lock document), as entry number `place`.
+    async fn queue(coll: &Collection<Document>, queue_expiry: Duration, place: usize) -> Self {
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+            .env(ROLE, "waiter")
+            .env(COLLECTION, coll.name())
+            .env("MONGODB_URI", server_uri().unwrap())
+            .env(QUEUE_EXPIRY, queue_expiry.as_millis().to_string())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // The document is the signal: the child has queued when its entry
+        // is there.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while queue(coll).await.len() <= place {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiter {place} never queued"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Self { child, lines }
+    }
+
+    /// The token it held, once it has held the lock and exited.
+    async fn token(mut self) -> i64 {
+        while let Some(line) = self.lines.next_line().await.unwrap() {
+            if let Some((_, token)) = line.split_once("HOLDING ") {
+                assert!(self.child.wait().await.unwrap().success());
+                return token.trim().parse().unwrap();
+            }
+        }
+        panic!(
+            "the waiter exited without the lock: {:?}",
+            self.child.wait().await
+        );
+    }
+}
+
+async fn queue(coll: &Collection<Document>) -> Vec<Document> {
+    let doc = coll.find_one(doc! { "_id": "job" }).await.unwrap();
+    doc.and_then(|d| d.get_array("queue").ok().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| e.as_document().cloned())
+        .collect()
+}
+
+#[tokio::test]
+async fn waiters_in_other_processes_acquire_in_the_order_they_queued() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo").await;
+    let holder = MongoLock::with_collection(coll.clone());
+    let guard = holder.acquire("job").await.unwrap();
+    let mut waiters = Vec::new();
+    for place in 0..4 {
+        waiters.push(Waiter::queue(&coll, Duration::from_secs(30), place).await);
+    }
+    assert!(guard.release().await.unwrap());
+    // The releaser asking again at once does not win again: it queues last.
+    let again = holder.acquire("job").timeout(WAIT);
+    let again = tokio::spawn(async move { again.await });
+    let mut tokens = Vec::new();
+    for waiter in waiters {
+        tokens.push(waiter.token().await);
+    }
+    let again = again.await.unwrap().unwrap();
+    tokens.push(again.token());
+    assert!(again.release().await.unwrap());
+    let mut sorted = tokens.clone();
+    sorted.sort_unstable();
+    assert_eq!(tokens, sorted, "acquired out of queue order");
+    assert!(queue(&coll).await.is_empty(), "the queue kept entries");
+}
+
+#[tokio::test]
+async fn a_waiter_that_died_in_the_queue_holds_it_up_only_until_its_entry_lapses() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let expiry = Duration::from_secs(2);
+    let coll = mongolock_suite::fresh_collection("fifo_dead").await;
+    let holder = MongoLock::with_collection(coll.clone());
+    let guard = holder.acquire("job").await.unwrap();
+    let mut dead = Waiter::queue(&coll, expiry, 0).await;
+    let next = Waiter::queue(&coll, expiry, 1).await;
+    dead.child.kill().await.unwrap(); // SIGKILL: it never leaves the queue
+    let lapses = *queue(&coll).await[0].get_datetime("exp").unwrap();
+    assert!(guard.release().await.unwrap());
+
+    let token = next.token().await;
+    let info = holder.get_lock_info("job").await.unwrap().unwrap();
+    assert_eq!(info.token, token);
+    let taken: DateTime = info.acquired_at.unwrap();
+    assert!(
+        taken >= lapses,
+        "the next waiter went ahead of a live entry"
+    );
+    // It looks again when the dead entry lapses, not at its own next
+    // heartbeat or later.
+    assert!(
+        taken.timestamp_millis() - lapses.timestamp_millis() < expiry.as_millis() as i64,
+        "held up {} ms past the dead entry's lapse",
+        taken.timestamp_millis() - lapses.timestamp_millis()
+    );
+}
