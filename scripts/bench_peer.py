@@ -12,7 +12,7 @@ Speaks the line protocol of `examples/bench.rs` on standard input/output:
     IDLE key n secs       -> n threads wait on key (held elsewhere); after a
                              settling time, counts commands for secs seconds
                              -> IDLE commands
-    COMMANDS              -> COMMANDS <commands sent so far>
+    COMMANDS              -> COMMANDS <commands sent so far> <empty getMores>
     QUIT
 """
 import sys
@@ -121,7 +121,7 @@ def main():
             for w in workers:
                 w.join()
         elif command == "COMMANDS":
-            say(f"COMMANDS {counter.count}")
+            say(f"COMMANDS {counter.count} 0")
         elif command == "QUIT":
             return
 

@@ -158,3 +158,35 @@ async fn a_waiter_that_died_in_the_queue_holds_it_up_only_until_its_entry_lapses
         taken.timestamp_millis() - lapses.timestamp_millis()
     );
 }
+
+#[tokio::test]
+async fn a_single_attempt_respects_the_queue_without_joining_it() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_single").await;
+    let holder = MongoLock::with_collection(coll.clone());
+    let guard = holder.acquire("job").await.unwrap();
+    let waiter = MongoLock::with_collection(coll.clone());
+    let waited = tokio::spawn(async move { waiter.acquire("job").timeout(WAIT).await });
+    while queue(&coll).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let other = MongoLock::with_collection(coll.clone());
+    let refused = other.acquire("job").await;
+    assert!(
+        matches!(refused, Err(mongolock::Error::Locked { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(queue(&coll).await.len(), 1, "a single attempt queued");
+    // Released, with a waiter queued: the single attempt does not go ahead.
+    assert!(guard.release().await.unwrap());
+    let refused = other.acquire("job").await;
+    assert!(
+        matches!(refused, Err(mongolock::Error::Locked { .. })),
+        "{refused:?}"
+    );
+    let next = waited.await.unwrap().unwrap();
+    assert!(next.release().await.unwrap());
+    assert!(queue(&coll).await.is_empty());
+}

@@ -48,7 +48,10 @@ fn collections(
 /// One child process: TASKS tasks, ROUNDS acquisitions each, of random keys.
 async fn worker_process(uri: &str, app: &str) {
     // The lock's connections get faults; the bookkeeping's never do.
-    let lock = MongoLock::with_collection(collections(&client(uri, app).await).0);
+    // Fair (the default, said here since the test is about it): waiters of
+    // all processes queue, and the head alone may take a released lock.
+    let lock =
+        MongoLock::with_collection(collections(&client(uri, app).await).0).with_fairness(true);
     let (_, state, log) = collections(&client(uri, "bookkeeping").await);
     let mut tasks = Vec::new();
     for _ in 0..TASKS {

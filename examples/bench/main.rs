@@ -231,7 +231,8 @@ async fn blocked_waiters(
                 .await?,
         );
     }
-    let (client, count) = peer::counted_client(&bench.uri).await?;
+    let (client, counts) = peer::counted_client(&bench.uri).await?;
+    let count = &counts.commands;
     let lock = MongoLock::with_collection(client.database(&bench.db).collection(name))
         .with_change_streams(streams);
     let rss_before = rss_kib();

@@ -27,19 +27,39 @@ const SETTLE: Duration = Duration::from_secs(3);
 const LEASE: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(120);
 
-/// A client whose commands (other than monitoring) are counted.
-pub async fn counted_client(uri: &str) -> Result<(Client, Arc<AtomicU64>)> {
-    let count = Arc::new(AtomicU64::new(0));
+/// Commands a client sent (other than monitoring), and of them the
+/// `getMore`s that came back empty: a change stream's wait that ended
+/// without an event.
+#[derive(Default)]
+pub struct Counts {
+    pub commands: AtomicU64,
+    pub empty_get_mores: AtomicU64,
+}
+
+/// A client whose commands are counted.
+pub async fn counted_client(uri: &str) -> Result<(Client, Arc<Counts>)> {
+    let counts = Arc::new(Counts::default());
     let mut options = ClientOptions::parse(uri).await?;
-    let seen = count.clone();
-    options.command_event_handler = Some(EventHandler::callback(move |event| {
-        if let CommandEvent::Started(started) = event {
-            if started.command_name != "hello" && started.command_name != "isMaster" {
-                seen.fetch_add(1, Ordering::Relaxed);
+    let seen = counts.clone();
+    options.command_event_handler = Some(EventHandler::callback(move |event| match event {
+        CommandEvent::Started(started)
+            if started.command_name != "hello" && started.command_name != "isMaster" =>
+        {
+            seen.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        CommandEvent::Succeeded(done) if done.command_name == "getMore" => {
+            let empty = done
+                .reply
+                .get_document("cursor")
+                .and_then(|c| c.get_array("nextBatch"))
+                .is_ok_and(|batch| batch.is_empty());
+            if empty {
+                seen.empty_get_mores.fetch_add(1, Ordering::Relaxed);
             }
         }
+        _ => {}
     }));
-    Ok((Client::with_options(options)?, count))
+    Ok((Client::with_options(options)?, counts))
 }
 
 /// A lock that polls every 10 ms: one `findOneAndUpdate` that takes the
@@ -142,7 +162,7 @@ fn now_us() -> u128 {
 /// The peer's main loop.
 pub async fn run(kind: &str) -> Result<()> {
     let uri = std::env::var(URI)?;
-    let (client, commands) = counted_client(&uri).await?;
+    let (client, counts) = counted_client(&uri).await?;
     let collection = client
         .database(&std::env::var(DB)?)
         .collection(&std::env::var(COLLECTION)?);
@@ -193,14 +213,18 @@ pub async fn run(kind: &str) -> Result<()> {
                     })
                     .collect();
                 tokio::time::sleep(SETTLE).await;
-                let before = commands.load(Ordering::Relaxed);
+                let before = counts.commands.load(Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-                println!("IDLE {}", commands.load(Ordering::Relaxed) - before);
+                println!("IDLE {}", counts.commands.load(Ordering::Relaxed) - before);
                 for task in waiting {
                     task.abort();
                 }
             }
-            ["COMMANDS"] => println!("COMMANDS {}", commands.load(Ordering::Relaxed)),
+            ["COMMANDS"] => println!(
+                "COMMANDS {} {}",
+                counts.commands.load(Ordering::Relaxed),
+                counts.empty_get_mores.load(Ordering::Relaxed)
+            ),
             ["QUIT"] => break,
             _ => return Err(format!("peer: unknown command {line}").into()),
         }

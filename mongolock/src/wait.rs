@@ -147,7 +147,7 @@ impl MongoLock {
                 .inspect(|_| orphan.armed = false);
         };
         let claim = req.fair.then_some(req.claim.as_str());
-        let interest = self.wakeups().subscribe(self.collection(), &req.key, claim);
+        let interest = self.wakeups().subscribe(&req.key, claim);
         let (mut polls, mut late, mut failures) = (0_u32, 0_u32, 0_u32);
         let mut unknown = false;
         let mut last_error = None;
@@ -174,6 +174,7 @@ impl MongoLock {
                     if now >= deadline {
                         return Ok(Attempt::Busy(holder, place));
                     }
+                    self.wakeups().watch(self.collection());
                     (holder, place)
                 }
                 Err(error) if error.is_transient() && now < deadline => {

@@ -142,14 +142,11 @@ impl Wakeups {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a waiter of `key` (with its claim if it queues), starting
-    /// the shared stream on first use.
-    pub(crate) fn subscribe(
-        self: &Arc<Self>,
-        collection: &Collection<Document>,
-        key: &str,
-        claim: Option<&str>,
-    ) -> Interest {
+    /// Starts the shared stream, if it is not running: called by a waiter
+    /// that found its lock taken, so that a process that never waits never
+    /// watches. When the stream opens, every waiter looks again, so a
+    /// release before that is not missed.
+    pub(crate) fn watch(self: &Arc<Self>, collection: &Collection<Document>) {
         if self.enabled
             && self
                 .status
@@ -164,6 +161,10 @@ impl Wakeups {
             };
             tokio::spawn(task.run());
         }
+    }
+
+    /// Registers a waiter of `key` (with its claim if it queues).
+    pub(crate) fn subscribe(self: &Arc<Self>, key: &str, claim: Option<&str>) -> Interest {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
         self.keys()
@@ -505,7 +506,7 @@ mod tests {
         // A release before the stream is open is heard by nobody: the
         // waiters must look again once it is open, and when it reopens.
         let wakeups = Arc::new(Wakeups::new(false));
-        let interest = wakeups.subscribe(&unused_collection().await, "job", None);
+        let interest = wakeups.subscribe("job", None);
         for status in [OPEN, DOWN, OPEN] {
             let mut woken = std::pin::pin!(interest.notified());
             woken.as_mut().enable();
@@ -521,7 +522,8 @@ mod tests {
         let wakeups = Arc::new(Wakeups::new(true));
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
-            let _interest = wakeups.subscribe(&unused_collection().await, "job", None);
+            let _interest = wakeups.subscribe("job", None);
+            wakeups.watch(&unused_collection().await);
             // As if the stream had opened.
             wakeups.set_status(OPEN);
             assert!(wakeups.stream_open());
@@ -545,7 +547,7 @@ mod tests {
     #[tokio::test]
     async fn a_local_release_wakes_one_waiter_here_not_two() {
         let wakeups = Arc::new(Wakeups::new(false));
-        let interest = wakeups.subscribe(&unused_collection().await, "job", None);
+        let interest = wakeups.subscribe("job", None);
         wakeups.set_status(OPEN);
         // The release's event may come before the write's reply: it is not
         // delivered; the direct wake after the reply is.
@@ -581,9 +583,8 @@ mod tests {
     #[tokio::test]
     async fn a_release_wakes_only_the_queue_head() {
         let wakeups = Arc::new(Wakeups::new(false));
-        let collection = unused_collection().await;
-        let first = wakeups.subscribe(&collection, "job", Some("c1"));
-        let second = wakeups.subscribe(&collection, "job", Some("c2"));
+        let first = wakeups.subscribe("job", Some("c1"));
+        let second = wakeups.subscribe("job", Some("c2"));
         let head = |process: &str, waiter: &str| Head {
             process: process.to_owned(),
             waiter: waiter.to_owned(),
