@@ -8,7 +8,7 @@ use crate::duration;
 
 /// Every argument name, in the order the docs list them.
 pub(crate) const NAMES: &[&str] = &[
-    "key", "expires", "timeout", "renew", "min_hold", "on_busy", "owner", "lock", "crate",
+    "key", "expires", "timeout", "renew", "min_hold", "on_busy", "fair", "owner", "lock", "crate",
 ];
 
 /// How the key is given.
@@ -59,6 +59,8 @@ pub(crate) struct Args {
     pub(crate) min_hold: Option<Dur>,
     /// `on_busy = skip`: a busy lock returns `Ok(())` / `Ok(None)`.
     pub(crate) skip_when_busy: Option<bool>,
+    /// `fair = false`: wait unqueued (any `bool` expression).
+    pub(crate) fair: Option<Expr>,
     pub(crate) owner: Option<Expr>,
     pub(crate) lock: Option<Expr>,
     pub(crate) krate: Option<Path>,
@@ -99,6 +101,7 @@ impl Args {
                 "renew" => args.renew.is_some(),
                 "min_hold" => args.min_hold.is_some(),
                 "on_busy" => args.skip_when_busy.is_some(),
+                "fair" => args.fair.is_some(),
                 "owner" => args.owner.is_some(),
                 "lock" => args.lock.is_some(),
                 "crate" => args.krate.is_some(),
@@ -136,6 +139,10 @@ impl Args {
                 "renew" => renew(value).map(|r| args.renew = Some(r)),
                 "min_hold" => duration(value).map(|d| args.min_hold = Some(d)),
                 "on_busy" => on_busy(value).map(|skip| args.skip_when_busy = Some(skip)),
+                "fair" => {
+                    args.fair = Some(value);
+                    Ok(())
+                }
                 "owner" => {
                     args.owner = Some(value);
                     Ok(())
@@ -310,7 +317,7 @@ mod tests {
         let err = parse(quote!(key = "k", expire = 5)).unwrap_err();
         assert_eq!(
             err,
-            "unknown argument `expire`; expected one of: key, expires, timeout, renew, min_hold, on_busy, owner, lock, crate"
+            "unknown argument `expire`; expected one of: key, expires, timeout, renew, min_hold, on_busy, fair, owner, lock, crate"
         );
     }
 

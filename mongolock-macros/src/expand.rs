@@ -310,7 +310,8 @@ fn wrap(args: &Args, key: &TokenStream, mut func: ItemFn) -> ItemFn {
     let timeout = option("timeout", &args.timeout);
     let min_hold = option("min_hold", &args.min_hold);
     let owner = args.owner.as_ref().map(|o| quote!(.owner(#o)));
-    let mut acquire = quote!(#lock.acquire(#key) #expires #timeout #min_hold #owner);
+    let fair = args.fair.as_ref().map(|f| quote!(.fair(#f)));
+    let mut acquire = quote!(#lock.acquire(#key) #expires #timeout #min_hold #fair #owner);
     match &args.renew {
         None | Some(Renew::Off) => {}
         Some(Renew::On) => acquire = quote!(#acquire.renew(true)),

@@ -44,7 +44,7 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a fair waiter's queue entry lasts after its last attempt (see
 /// [`MongoLock::with_queue_expiry`]).
-pub const DEFAULT_QUEUE_EXPIRY: Duration = Duration::from_secs(10);
+pub const DEFAULT_QUEUE_EXPIRY: Duration = Duration::from_secs(15);
 
 const TTL_INDEX_NAME: &str = "mongolock_expires_at_ttl";
 

@@ -19,6 +19,11 @@ use crate::query::{PROCESS, QUEUE, RELEASE_ID, WAITER};
 /// How long to wait before reopening a broken stream.
 const REOPEN_DELAY: Duration = Duration::from_secs(1);
 
+/// How long the server holds a `getMore` open without an event to return
+/// (its `maxAwaitTimeMS`): what an idle stream costs, one command per this
+/// much time. A release is delivered as soon as it happens, whatever this is.
+const MAX_AWAIT: Duration = Duration::from_secs(10);
+
 /// How many of its own releases per key a process remembers, to hold back
 /// their change events. Their ids are unique, so an id that is never seen
 /// again (its event went to another process) does no harm until it drops out.
@@ -403,6 +408,7 @@ impl StreamTask {
                 .watch()
                 .pipeline(release_events(&wakeups_tag))
                 .full_document(FullDocumentType::UpdateLookup)
+                .max_await_time(MAX_AWAIT)
                 .resume_after(resume.clone())
                 .await;
             let Some(wakeups) = self.wakeups.upgrade() else {

@@ -13,7 +13,7 @@ async fn with_anyhow(n: u32) -> anyhow::Result<u32> {
     Ok(n)
 }
 
-#[mongo_locked(key = "alias", timeout = "5s")]
+#[mongo_locked(key = "alias", timeout = "5s", fair = false)]
 async fn with_alias() -> JobResult<()> {
     Ok(())
 }
@@ -34,7 +34,7 @@ async fn renewed(n: u32) -> anyhow::Result<u32> {
     Ok(n)
 }
 
-#[mongo_locked(key = "renew-every", expires = "1m", renew = "5s")]
+#[mongo_locked(key = "renew-every", expires = "1m", renew = "5s", fair = std::env::var_os("UNFAIR").is_none())]
 async fn renew_every() -> Result<(), mongolock::Error> {
     Ok(())
 }
