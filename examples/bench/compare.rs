@@ -15,6 +15,7 @@ use crate::{ms, percentile, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Ours,
+    OursUnfair,
     Poller,
     Python,
 }
@@ -23,9 +24,17 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Ours => "mongolock",
+            Kind::OursUnfair => "mongolock fair(false)",
             Kind::Poller => "10 ms poller",
             Kind::Python => "Python package",
         }
+    }
+
+    fn slug(self) -> String {
+        self.name()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
     }
 }
 
@@ -47,10 +56,15 @@ impl Peer {
                     .args([&env.uri, &env.db, collection]);
                 command
             }
-            Kind::Ours | Kind::Poller => {
+            Kind::Ours | Kind::OursUnfair | Kind::Poller => {
+                let peer = match kind {
+                    Kind::Ours => "ours",
+                    Kind::OursUnfair => "ours-unfair",
+                    _ => "poller",
+                };
                 let mut command = Command::new(std::env::current_exe()?);
                 command
-                    .env(PEER, if kind == Kind::Ours { "ours" } else { "poller" })
+                    .env(PEER, peer)
                     .env(URI, &env.uri)
                     .env(DB, &env.db)
                     .env(COLLECTION, collection);
@@ -126,7 +140,7 @@ pub async fn cycle(kind: Kind, env: &Env) -> Result<f64> {
 /// clock shared by all processes.
 pub async fn handoff(kind: Kind, env: &Env, waiters: usize) -> Result<Vec<Duration>> {
     const ROUNDS: usize = 15;
-    let collection = format!("handoff_{}_{waiters}", kind.name().replace(' ', "_"));
+    let collection = format!("handoff_{}_{waiters}", kind.slug());
     let mut holder = Peer::spawn(kind, env, &collection).await?;
     let mut peers = Vec::new();
     for _ in 0..waiters {
@@ -171,7 +185,7 @@ pub struct Contended {
 
 pub async fn contend(kind: Kind, env: &Env, workers: usize, processes: usize) -> Result<Contended> {
     let window = Duration::from_secs(4);
-    let collection = format!("contend_{}_{workers}", kind.name().replace(' ', "_"));
+    let collection = format!("contend_{}_{workers}_{processes}", kind.slug());
     let mut peers = Vec::new();
     for _ in 0..processes {
         peers.push(Peer::spawn(kind, env, &collection).await?);
@@ -221,7 +235,7 @@ pub async fn contend(kind: Kind, env: &Env, workers: usize, processes: usize) ->
 /// on a key held by another.
 pub async fn idle(kind: Kind, env: &Env, waiters: usize) -> Result<f64> {
     let window = Duration::from_secs(5);
-    let collection = format!("idle_{}", kind.name().replace(' ', "_"));
+    let collection = format!("idle_{}", kind.slug());
     let mut holder = Peer::spawn(kind, env, &collection).await?;
     holder.send("HOLD idle").await?;
     holder.expect("HELD").await?;
@@ -237,9 +251,12 @@ pub async fn idle(kind: Kind, env: &Env, waiters: usize) -> Result<f64> {
     Ok(commands / window.as_secs_f64() / waiters as f64)
 }
 
+/// The poller's column in the comparison table.
+const POLLER: usize = 2;
+
 /// The comparison table's rows.
 pub async fn rows(env: &Env) -> Result<()> {
-    let mut kinds = vec![Kind::Ours, Kind::Poller];
+    let mut kinds = vec![Kind::Ours, Kind::OursUnfair, Kind::Poller];
     if env.python.is_some() {
         kinds.push(Kind::Python);
     }
@@ -292,9 +309,9 @@ pub async fn rows(env: &Env) -> Result<()> {
             &cells,
             &format!(
                 "p50 <= poller's ({:.2}x)",
-                p50s[0].as_secs_f64() / p50s[1].as_secs_f64().max(1e-9)
+                p50s[0].as_secs_f64() / p50s[POLLER].as_secs_f64().max(1e-9)
             ),
-            Some(p50s[0] <= p50s[1]),
+            Some(p50s[0] <= p50s[POLLER]),
         );
     }
 
@@ -309,10 +326,10 @@ pub async fn rows(env: &Env) -> Result<()> {
             &rates.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>(),
             &format!(
                 ">= 1.2x poller ({:.2}x), >= 0.8x one worker ({:.2}x)",
-                rates[0] / rates[1].max(1e-9),
+                rates[0] / rates[POLLER].max(1e-9),
                 rates[0] / one[0].max(1e-9)
             ),
-            Some(rates[0] >= 1.2 * rates[1] && rates[0] >= 0.8 * one[0]),
+            Some(rates[0] >= 1.2 * rates[POLLER] && rates[0] >= 0.8 * one[0]),
         );
         let bound = our_cycle * workers as u32;
         let mut cells = Vec::new();
@@ -361,6 +378,32 @@ pub async fn rows(env: &Env) -> Result<()> {
         );
     }
 
+    // The same code with the test server's per-stream cost taken out: all
+    // workers in one process, which has one change stream.
+    let mut rates = Vec::new();
+    for &kind in &kinds {
+        rates.push(contend(kind, env, 4, 1).await?.rate);
+    }
+    show(
+        "4 workers in one process, acquisitions/s",
+        &rates.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>(),
+        &format!(
+            ">= 1.2x poller ({:.2}x), >= 0.8x one worker ({:.2}x)",
+            rates[0] / rates[POLLER].max(1e-9),
+            rates[0] / one[0].max(1e-9)
+        ),
+        Some(rates[0] >= 1.2 * rates[POLLER] && rates[0] >= 0.8 * one[0]),
+    );
+    let (without, with) = stream_cost(env, 4).await?;
+    println!(
+        "\nThe test server's cost of change streams: a write takes {} with no stream open, {} with 4 \
+         (+{} per stream), and every write ends every stream's pending getMore, matching or not.",
+        ms(without),
+        ms(with),
+        ms(with.saturating_sub(without) / 4)
+    );
+    println!();
+
     let mut idle_rates = Vec::new();
     for &kind in &kinds {
         idle_rates.push(idle(kind, env, 4).await?);
@@ -373,9 +416,50 @@ pub async fn rows(env: &Env) -> Result<()> {
             .collect::<Vec<_>>(),
         &format!(
             "<= 1% of poller's ({:.2}%)",
-            100.0 * idle_rates[0] / idle_rates[1].max(1e-9)
+            100.0 * idle_rates[0] / idle_rates[POLLER].max(1e-9)
         ),
-        Some(idle_rates[0] <= 0.01 * idle_rates[1]),
+        Some(idle_rates[0] <= 0.01 * idle_rates[POLLER]),
     );
     Ok(())
+}
+
+/// Median time of an `updateOne` with no change stream open on the
+/// collection, and with `streams` open (each waiting in a `getMore`).
+pub async fn stream_cost(env: &Env, streams: usize) -> Result<(Duration, Duration)> {
+    use futures_util::StreamExt;
+    use mongodb::bson::doc;
+
+    let client = mongodb::Client::with_uri_str(&env.uri).await?;
+    let collection = client
+        .database(&env.db)
+        .collection::<mongodb::bson::Document>("stream_cost");
+    let time = || async {
+        let mut samples = Vec::new();
+        for i in 0..200_i64 {
+            let start = std::time::Instant::now();
+            collection
+                .update_one(doc! { "_id": 1 }, doc! { "$set": { "n": i } })
+                .upsert(true)
+                .await?;
+            samples.push(start.elapsed());
+        }
+        Ok::<_, crate::BoxError>(percentile(&mut samples, 0.5))
+    };
+    let without = time().await?;
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let mut stream = collection
+            .watch()
+            .pipeline(mongolock::__private::raw::release_events("bench"))
+            .full_document(mongodb::options::FullDocumentType::UpdateLookup)
+            .await?;
+        tasks.push(tokio::spawn(async move {
+            while stream.next().await.is_some() {}
+        }));
+    }
+    let with = time().await?;
+    for task in tasks {
+        task.abort();
+    }
+    Ok((without, with))
 }

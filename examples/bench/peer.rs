@@ -1,5 +1,6 @@
 //! The benchmark's peer processes: this program started again with
-//! `MONGOLOCK_BENCH_PEER` set to `ours` (this crate) or `poller` (a 10 ms
+//! `MONGOLOCK_BENCH_PEER` set to `ours` (this crate), `ours-unfair` (with
+//! `with_fairness(false)`) or `poller` (a 10 ms
 //! polling lock shaped like the Rust crates on crates.io), speaking the line
 //! protocol of `scripts/bench_peer.py` (the Python package's peer).
 
@@ -168,6 +169,7 @@ pub async fn run(kind: &str) -> Result<()> {
         .collection(&std::env::var(COLLECTION)?);
     let locker = match kind {
         "ours" => Locker::Ours(MongoLock::with_collection(collection)),
+        "ours-unfair" => Locker::Ours(MongoLock::with_collection(collection).with_fairness(false)),
         "poller" => Locker::Poller(Poller { collection }),
         other => return Err(format!("unknown peer {other}").into()),
     };
