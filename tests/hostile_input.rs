@@ -168,6 +168,17 @@ async fn hostile_durations_are_refused_with_the_option_named() {
         );
         assert!(Backoff::new(d, d).is_err(), "{d:?}");
         assert!(lock.clone().with_cleanup_after(d).is_err(), "{d:?}");
+        let r = lock.clone().with_queue_expiry(d);
+        assert!(
+            matches!(
+                r,
+                Err(Error::InvalidDuration {
+                    what: "queue_expiry",
+                    ..
+                })
+            ),
+            "{d:?}: {r:?}"
+        );
     }
     for d in absurd {
         let r = lock.acquire("k").timeout(d).await;

@@ -13,7 +13,9 @@
 //!   lease starts when the lock is taken, not when the wait began.
 //!
 //! Every acquisition also gets a **fencing token** that only ever grows for a
-//! key, across releases, expiries and cleanup of the lock document.
+//! key, across releases, expiries and cleanup of the lock document, and
+//! waiters are served in the order they asked, across processes
+//! ([`Acquire::fair`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -64,7 +66,8 @@ pub use guard::LockGuard;
 pub use info::LockInfo;
 pub use mongo_lock::{
     MongoLock, Release, Touch, DEFAULT_CLEANUP_AFTER, DEFAULT_COLLECTION, DEFAULT_DATABASE,
-    DEFAULT_EXPIRES, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_OPERATION_TIMEOUT, MIN_CLEANUP_AFTER,
+    DEFAULT_EXPIRES, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_OPERATION_TIMEOUT, DEFAULT_QUEUE_EXPIRY,
+    MIN_CLEANUP_AFTER,
 };
 pub use owner::unique_owner;
 pub use validate::{MAX_DURATION, MAX_KEY_BYTES, MAX_OWNER_BYTES};

@@ -259,7 +259,7 @@ pub(crate) fn touch_pipeline(lease_millis: i64) -> Vec<Document> {
 /// package's view stays `locked` until then.
 ///
 /// `release_id` marks the release, so that its change event is known as
-/// this process's own (see [`RELEASE_ID`]).
+/// this process's own (the `release_id` field).
 pub fn release_update(min_hold_millis: i64, release_id: &str) -> UpdateModifications {
     if min_hold_millis <= 0 {
         return UpdateModifications::Document(doc! {
