@@ -3,6 +3,7 @@
 //! until its entry lapses.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mongodb::bson::{doc, DateTime, Document};
@@ -189,4 +190,81 @@ async fn a_single_attempt_respects_the_queue_without_joining_it() {
     let next = waited.await.unwrap().unwrap();
     assert!(next.release().await.unwrap());
     assert!(queue(&coll).await.is_empty());
+}
+
+/// A lock whose client records the name of every command it sends.
+async fn recorded_lock(coll: &Collection<Document>) -> (MongoLock, Arc<Mutex<Vec<String>>>) {
+    use mongodb::event::{command::CommandEvent, EventHandler};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut options = mongodb::options::ClientOptions::parse(server_uri().unwrap())
+        .await
+        .unwrap();
+    let record = seen.clone();
+    options.command_event_handler = Some(EventHandler::callback(move |event| {
+        if let CommandEvent::Started(started) = event {
+            record.lock().unwrap().push(started.command_name);
+        }
+    }));
+    let client = mongodb::Client::with_options(options).unwrap();
+    let lock = MongoLock::with_collection(
+        client
+            .database(&coll.namespace().db)
+            .collection(&coll.namespace().coll),
+    );
+    (lock, seen)
+}
+
+#[tokio::test]
+async fn an_uncontended_fair_acquisition_is_one_round_trip_and_opens_no_stream() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_uncontended").await;
+    let (lock, seen) = recorded_lock(&coll).await;
+    // The first use also sets up the TTL index.
+    lock.acquire("warm").await.unwrap().release().await.unwrap();
+    seen.lock().unwrap().clear();
+    let guard = lock.acquire("job").fair(true).timeout(WAIT).await.unwrap();
+    assert!(guard.release().await.unwrap());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["findAndModify", "findAndModify"],
+        "acquire and release, one command each, and no change stream"
+    );
+}
+
+#[tokio::test]
+async fn waiters_that_give_up_leave_the_queue() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_give_up").await;
+    let holder = MongoLock::with_collection(coll.clone());
+    let guard = holder.acquire("job").await.unwrap();
+    let waiter = MongoLock::with_collection(coll.clone());
+    // One times out.
+    let timed_out = waiter
+        .acquire("job")
+        .timeout(Duration::from_millis(300))
+        .await;
+    assert!(matches!(timed_out, Err(mongolock::Error::Locked { .. })));
+    assert!(waiter.finish_releases(WAIT).await);
+    assert!(
+        queue(&coll).await.is_empty(),
+        "a timed-out waiter stayed queued"
+    );
+    // One is dropped while it waits.
+    let dropped = waiter.clone();
+    let task = tokio::spawn(async move { dropped.acquire("job").timeout(WAIT).await });
+    while queue(&coll).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert!(waiter.finish_releases(WAIT).await);
+    assert!(
+        queue(&coll).await.is_empty(),
+        "a dropped waiter stayed queued"
+    );
+    assert!(guard.release().await.unwrap());
 }
