@@ -148,6 +148,9 @@ impl MongoLock {
         };
         let claim = req.fair.then_some(req.claim.as_str());
         let interest = self.wakeups().subscribe(&req.key, claim);
+        // From the first attempt on, a fair waiter may be in the queue, even
+        // when that attempt's reply is lost.
+        orphan.queued = req.fair;
         let (mut polls, mut late, mut failures) = (0_u32, 0_u32, 0_u32);
         let mut unknown = false;
         let mut last_error = None;
@@ -169,7 +172,6 @@ impl MongoLock {
             let (holder, place) = match attempt {
                 Ok(Attempt::Busy(holder, place)) => {
                     orphan.armed = unknown;
-                    orphan.queued |= place.position.is_some();
                     failures = 0;
                     if now >= deadline {
                         return Ok(Attempt::Busy(holder, place));
@@ -244,9 +246,7 @@ impl MongoLock {
         *polls = polls.saturating_add(1);
         expiry.map_or(poll, |expiry| expiry.min(poll))
     }
-}
 
-impl MongoLock {
     /// When a queued waiter tries again, given `wake_at`, when an unqueued
     /// one would. Every waiter re-asks within a third of the queue expiry,
     /// to keep its entry. One that is not the head, with the stream open,
