@@ -6,7 +6,9 @@ Speaks the line protocol of `examples/bench.rs` on standard input/output:
 
     HOLD key              -> HELD key
     RELEASE key           -> RELEASED key <epoch us at the release's start>
-    WAIT key              -> ACQUIRED key <epoch us>   (then releases)
+    WAIT key              -> ACQUIRED key <epoch us>, then DONE key once
+                             released (in the background: the peer keeps
+                             answering meanwhile)
     CONTEND key n secs    -> waits for GO, then n threads take and release
                              key for secs seconds -> LATENCIES count us,us,...
     IDLE key n secs       -> n threads wait on key (held elsewhere); after a
@@ -75,11 +77,18 @@ def main():
             lock.release(args[0], held.pop(args[0]))
             say(f"RELEASED {args[0]} {start}")
         elif command == "WAIT":
-            owner = uuid.uuid4().hex
-            if not lock.lock(args[0], owner, timeout=60, expire=60):
-                sys.exit("no lock within 60 s")
-            say(f"ACQUIRED {args[0]} {now_us()}")
-            lock.release(args[0], owner)
+
+            def wait(key):
+                owner = uuid.uuid4().hex
+                if not lock.lock(key, owner, timeout=60, expire=60):
+                    say(f"FAILED {key}")
+                    return
+                say(f"ACQUIRED {key} {now_us()}")
+                lock.release(key, owner)
+                say(f"DONE {key}")
+
+            # In a thread: the peer keeps answering (COMMANDS) meanwhile.
+            threading.Thread(target=wait, args=(args[0],)).start()
         elif command == "CONTEND":
             key, threads, secs = args[0], int(args[1]), float(args[2])
             say("SET")

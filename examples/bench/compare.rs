@@ -104,6 +104,9 @@ impl Peer {
             if let Some(rest) = line.strip_prefix(prefix) {
                 return Ok(rest.split_whitespace().map(str::to_owned).collect());
             }
+            if line.starts_with("FAILED") {
+                return Err(format!("peer: {line}").into());
+            }
         }
     }
 
@@ -138,7 +141,12 @@ pub async fn cycle(kind: Kind, env: &Env) -> Result<f64> {
 /// Handoff to `waiters` waiters in other processes: from the start of the
 /// holder's release to the first waiter's acquisition, by the machine's
 /// clock shared by all processes.
-pub async fn handoff(kind: Kind, env: &Env, waiters: usize) -> Result<Vec<Duration>> {
+///
+/// Also counts the commands every peer sends from just before the release
+/// until the last waiter has taken and released the lock, per handoff:
+/// each round hands the lock on `waiters` times (the last release has no
+/// waiter to go to, and is counted with the rest).
+pub async fn handoff(kind: Kind, env: &Env, waiters: usize) -> Result<Handoffs> {
     const ROUNDS: usize = 15;
     let collection = format!("handoff_{}_{waiters}", kind.slug());
     let mut holder = Peer::spawn(kind, env, &collection).await?;
@@ -147,6 +155,7 @@ pub async fn handoff(kind: Kind, env: &Env, waiters: usize) -> Result<Vec<Durati
         peers.push(Peer::spawn(kind, env, &collection).await?);
     }
     let mut samples = Vec::new();
+    let (mut commands, mut empty) = (0, 0);
     for round in 0..ROUNDS {
         let key = format!("k{round}");
         holder.send(&format!("HOLD {key}")).await?;
@@ -158,20 +167,49 @@ pub async fn handoff(kind: Kind, env: &Env, waiters: usize) -> Result<Vec<Durati
         // keeps the release out of step with any polling period.
         let hold = 300 + rand::random::<u64>() % 100;
         tokio::time::sleep(Duration::from_millis(hold)).await;
+        let before = total_commands(&mut holder, &mut peers).await?;
         holder.send(&format!("RELEASE {key}")).await?;
         let released: u128 = holder.expect("RELEASED").await?[1].parse()?;
         let mut first = u128::MAX;
         for peer in &mut peers {
             let at: u128 = peer.expect("ACQUIRED").await?[1].parse()?;
             first = first.min(at);
+            peer.expect("DONE").await?;
         }
         samples.push(Duration::from_micros(first.saturating_sub(released) as u64));
+        let after = total_commands(&mut holder, &mut peers).await?;
+        commands += after.0 - before.0;
+        empty += after.1 - before.1;
     }
     holder.quit().await?;
     for peer in peers {
         peer.quit().await?;
     }
-    Ok(samples)
+    let handoffs = (ROUNDS * waiters) as f64;
+    Ok(Handoffs {
+        samples,
+        commands_per_handoff: commands as f64 / handoffs,
+        eventful_commands_per_handoff: (commands - empty) as f64 / handoffs,
+    })
+}
+
+/// Handoff latencies, and the commands per handoff.
+pub struct Handoffs {
+    pub samples: Vec<Duration>,
+    pub commands_per_handoff: f64,
+    /// The same without `getMore`s that came back empty.
+    pub eventful_commands_per_handoff: f64,
+}
+
+/// Commands sent so far by all of `holder` and `peers`, and of them the
+/// empty `getMore`s.
+async fn total_commands(holder: &mut Peer, peers: &mut [Peer]) -> Result<(u64, u64)> {
+    let mut total = holder.commands().await?;
+    for peer in peers {
+        let (commands, empty) = peer.commands().await?;
+        total = (total.0 + commands, total.1 + empty);
+    }
+    Ok(total)
 }
 
 /// `workers` workers on one key, spread over `processes` processes.
@@ -307,14 +345,17 @@ pub async fn rows(env: &Env) -> Result<()> {
     for waiters in [1, 4] {
         let mut p50s = Vec::new();
         let mut cells = Vec::new();
+        let mut commands = Vec::new();
         for &kind in &kinds {
-            let mut samples = handoff(kind, env, waiters).await?;
-            let (p50, p99) = (
-                percentile(&mut samples, 0.5),
-                percentile(&mut samples, 0.99),
-            );
+            let mut handed = handoff(kind, env, waiters).await?;
+            let samples = &mut handed.samples;
+            let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
             p50s.push(p50);
             cells.push(format!("{} / {}", ms(p50), ms(p99)));
+            commands.push((
+                handed.commands_per_handoff,
+                handed.eventful_commands_per_handoff,
+            ));
         }
         show(
             &format!("handoff to {waiters} waiter(s) in other processes, p50 / p99"),
@@ -324,6 +365,15 @@ pub async fn rows(env: &Env) -> Result<()> {
                 p50s[0].as_secs_f64() / p50s[POLLER].as_secs_f64().max(1e-9)
             ),
             Some(p50s[0] <= p50s[POLLER]),
+        );
+        show(
+            &format!("handoff to {waiters} waiter(s), server commands per handoff"),
+            &commands
+                .iter()
+                .map(|(all, eventful)| format!("{all:.1} ({eventful:.1} without empty getMores)"))
+                .collect::<Vec<_>>(),
+            "<= 3 (without empty getMores, as on mongod)",
+            Some(commands[0].1 <= 3.0),
         );
     }
 

@@ -194,9 +194,17 @@ pub async fn run(kind: &str) -> Result<()> {
                 println!("RELEASED {key} {start}");
             }
             ["WAIT", key] => {
-                let guard = locker.acquire(key).await?;
-                println!("ACQUIRED {key} {}", now_us());
-                locker.release(guard).await?;
+                // In a task: the peer keeps answering (COMMANDS) meanwhile.
+                let (locker, key) = (locker.clone(), key.to_string());
+                tokio::spawn(async move {
+                    let Ok(guard) = locker.acquire(&key).await else {
+                        println!("FAILED {key}");
+                        return;
+                    };
+                    println!("ACQUIRED {key} {}", now_us());
+                    let _ = locker.release(guard).await;
+                    println!("DONE {key}");
+                });
             }
             ["CONTEND", key, tasks, secs] => {
                 let (tasks, secs): (usize, f64) = (tasks.parse()?, secs.parse()?);
