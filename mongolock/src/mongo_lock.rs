@@ -608,14 +608,9 @@ impl MongoLock {
         min_hold_millis: i64,
         until: Until,
     ) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(%key, "mongolock cannot release outside a tokio runtime; the lease will run out");
-            return;
-        };
-        let ticket = self.inner.releases.start();
-        let lock = self.clone();
-        runtime.spawn(async move {
-            let _ticket = ticket;
+        let (lock, task_key) = (self.clone(), key.clone());
+        let spawned = self.in_background(async move {
+            let key = task_key;
             let give_up = tokio::time::Instant::now() + lock.operation_timeout();
             let mut retry = 0;
             loop {
@@ -636,6 +631,24 @@ impl MongoLock {
                 }
             }
         });
+        if !spawned {
+            tracing::warn!(%key, "mongolock cannot release outside a tokio runtime; the lease will run out");
+        }
+    }
+
+    /// Runs `task` on the current tokio runtime, counted by
+    /// [`finish_releases`](Self::finish_releases) until it ends. `false`
+    /// (and nothing runs) outside a runtime.
+    fn in_background(&self, task: impl Future<Output = ()> + Send + 'static) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let ticket = self.inner.releases.start();
+        runtime.spawn(async move {
+            let _ticket = ticket;
+            task.await;
+        });
+        true
     }
 
     /// Takes a fair waiter that gave up out of `key`'s queue, in the
@@ -643,13 +656,8 @@ impl MongoLock {
     /// lapse. Only the waiter's own entry is touched; if this never runs,
     /// the entry lapses by itself.
     pub(crate) fn leave_queue_in_background(&self, key: String, claim: String) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let ticket = self.inner.releases.start();
         let lock = self.clone();
-        runtime.spawn(async move {
-            let _ticket = ticket;
+        self.in_background(async move {
             let leave = lock.collection().update_one(
                 query::by_key(&key),
                 doc! { "$pull": { query::QUEUE: { query::WAITER: &claim } } },

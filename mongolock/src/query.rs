@@ -153,34 +153,28 @@ pub fn acquire_pipeline(
     };
     let keep = |name: &str| Bson::String(field(name));
     let expires = doc! { "$add": ["$$NOW", lease_millis] };
-    let free_now = doc! { "$lte": [held_until_millis(), now_millis()] };
-    let first = match fair {
-        None => doc! { "$set": { SCRATCH: { "$let": {
-            "vars": { "free": free_now },
-            "in": { "free": "$$free", "take": { "$or": ["$$free", mine] } },
-        } } } },
-        Some(_) => doc! { "$set": { SCRATCH: { "$let": {
-            "vars": {
-                "free": free_now,
-                "live": { "$filter": {
-                    "input": { "$ifNull": [field(QUEUE), []] },
-                    "as": "e",
-                    "cond": { "$gt": [{ "$toLong": format!("$$e.{ENTRY_EXPIRES}") }, now_millis()] },
-                } },
-            },
-            "in": {
-                "free": "$$free",
-                "live": "$$live",
-                "take": { "$or": [mine, { "$and": ["$$free", { "$or": [
-                    { "$eq": [{ "$size": "$$live" }, 0] },
-                    { "$eq": [
-                        { "$arrayElemAt": [waiters("$$live"), 0] },
-                        { "$literal": claim },
-                    ] },
-                ] }] }] },
-            },
-        } } } },
+    // Stage 1 computes, once: whether the lease is over (`free`), the live
+    // queue entries (fair only) and whether this attempt takes the lock.
+    let mut vars = doc! { "free": { "$lte": [held_until_millis(), now_millis()] } };
+    let mut scratch = doc! { "free": "$$free" };
+    let take_now = match fair {
+        None => doc! { "$or": ["$$free", mine] },
+        Some(_) => {
+            vars.insert("live", doc! { "$filter": {
+                "input": { "$ifNull": [field(QUEUE), []] },
+                "as": "e",
+                "cond": { "$gt": [{ "$toLong": format!("$$e.{ENTRY_EXPIRES}") }, now_millis()] },
+            } });
+            scratch.insert("live", "$$live");
+            let admitted = doc! { "$or": [
+                { "$eq": [{ "$size": "$$live" }, 0] },
+                { "$eq": [{ "$arrayElemAt": [waiters("$$live"), 0] }, { "$literal": claim }] },
+            ] };
+            doc! { "$or": [mine, { "$and": ["$$free", admitted] }] }
+        }
     };
+    scratch.insert("take", take_now);
+    let first = doc! { "$set": { SCRATCH: { "$let": { "vars": vars, "in": scratch } } } };
     let mut second = doc! {
             OWNER: { "$cond": [&take, { "$literal": owner }, keep(OWNER)] },
             CLAIM: { "$cond": [&take, claim_value, keep(CLAIM)] },
