@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::Collection;
-use mongolock::MongoLock;
-use mongolock_suite::server_uri;
+use mongolock::{Backoff, MongoLock};
+use mongolock_suite::{server_uri, waiting_signal};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
@@ -140,8 +140,14 @@ async fn a_waiter_that_died_in_the_queue_holds_it_up_only_until_its_entry_lapses
     let mut dead = Waiter::queue(&coll, expiry, 0).await;
     let next = Waiter::queue(&coll, expiry, 1).await;
     dead.child.kill().await.unwrap(); // SIGKILL: it never leaves the queue
-    let lapses = *queue(&coll).await[0].get_datetime("exp").unwrap();
+    let entry = queue(&coll).await.remove(0);
+    let lapses = *entry.get_datetime("exp").unwrap();
     assert!(guard.release().await.unwrap());
+    // The release handed the lock to the head, which it cannot know to be
+    // dead, but only until the head's entry would have lapsed.
+    let handed = coll.find_one(doc! { "_id": "job" }).await.unwrap().unwrap();
+    assert_eq!(handed.get_str("claim"), entry.get_str("w"));
+    assert!(*handed.get_datetime("expires_at").unwrap() <= lapses);
 
     let token = next.token().await;
     let info = holder.get_lock_info("job").await.unwrap().unwrap();
@@ -267,4 +273,136 @@ async fn waiters_that_give_up_leave_the_queue() {
         "a dropped waiter stayed queued"
     );
     assert!(guard.release().await.unwrap());
+}
+
+/// The number of `findAndModify` commands in `seen`.
+fn writes(seen: &Mutex<Vec<String>>) -> usize {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|c| *c == "findAndModify")
+        .count()
+}
+
+#[tokio::test]
+async fn a_release_hands_the_lock_to_the_head_which_sends_nothing_to_take_it() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_handover").await;
+    let holder = MongoLock::with_collection(coll.clone());
+    let (waiter, seen) = recorded_lock(&coll).await;
+    waiter
+        .acquire("warm")
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let guard = holder.acquire("job").await.unwrap();
+    let (_trace, waiting) = waiting_signal();
+    let task = tokio::spawn(async move { waiter.acquire("job").timeout(WAIT).await });
+    // It sleeps once after finding the lock taken, and once more after its
+    // change stream opened (which makes every waiter look again): from then
+    // on it hears of releases.
+    waiting.notified().await;
+    waiting.notified().await;
+    let before = writes(&seen);
+    let first = guard.token();
+    assert!(guard.release().await.unwrap());
+    let next = task.await.unwrap().unwrap();
+    assert_eq!(writes(&seen), before, "the head sent a command to take it");
+    let info = holder.get_lock_info("job").await.unwrap().unwrap();
+    assert_eq!(info.owner.as_deref(), Some(next.owner()));
+    assert_eq!(info.token, next.token());
+    assert!(
+        next.token() > first,
+        "fencing tokens grow across a handover"
+    );
+    assert!(next.release().await.unwrap());
+    assert!(queue(&coll).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_waiter_that_gives_up_after_the_lock_was_handed_to_it_passes_it_on() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_handover_gone").await;
+    let holder = MongoLock::with_collection(coll.clone());
+    let guard = holder.acquire("job").await.unwrap();
+    // The first waiter cannot hear of the handover: no stream, and it
+    // looks again only every 10 s.
+    let slow = Backoff::new(Duration::from_secs(10), Duration::from_secs(10)).unwrap();
+    let deaf = MongoLock::with_collection(coll.clone())
+        .with_change_streams(false)
+        .with_backoff(slow)
+        .with_queue_expiry(Duration::from_secs(30))
+        .unwrap();
+    let gone = tokio::spawn({
+        let deaf = deaf.clone();
+        async move { deaf.acquire("job").timeout(WAIT).await }
+    });
+    while queue(&coll).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let next = MongoLock::with_collection(coll.clone());
+    let next = tokio::spawn(async move { next.acquire("job").timeout(WAIT).await });
+    while queue(&coll).await.len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = queue(&coll).await.remove(0);
+    assert!(guard.release().await.unwrap());
+    let handed = coll.find_one(doc! { "_id": "job" }).await.unwrap().unwrap();
+    assert_eq!(handed.get_str("claim"), first.get_str("w"));
+    let handed_until = *handed.get_datetime("expires_at").unwrap();
+    // It gives up before it noticed: what it was given goes to the next.
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    assert!(deaf.finish_releases(WAIT).await);
+    let next = next.await.unwrap().unwrap();
+    assert!(
+        next.acquired_at().unwrap() < handed_until,
+        "the next waiter waited for the lease of the one that gave up"
+    );
+    assert!(next.release().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_lock_handed_over_for_less_than_its_lease_is_extended_to_it() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_handover_extend").await;
+    let holder = MongoLock::with_collection(coll.clone());
+    let guard = holder.acquire("job").await.unwrap();
+    // Queue entries last 1 s: a handed-over lock is first held that long.
+    let waiter = MongoLock::with_collection(coll.clone())
+        .with_queue_expiry(Duration::from_secs(1))
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let (_trace, waiting) = waiting_signal();
+    let task =
+        tokio::spawn(async move { waiter.acquire("job").expires(lease).timeout(WAIT).await });
+    waiting.notified().await;
+    waiting.notified().await;
+    assert!(guard.release().await.unwrap());
+    let next = task.await.unwrap().unwrap();
+    let short = next.expires_at();
+    assert!(short.timestamp_millis() - next.acquired_at().unwrap().timestamp_millis() <= 1000);
+    // The guard extends it to the whole lease in the background.
+    let extended = loop {
+        let info = holder.get_lock_info("job").await.unwrap().unwrap();
+        if info.expires_at > short {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(extended.token, next.token());
+    assert!(
+        extended.expires_at.timestamp_millis() - next.acquired_at().unwrap().timestamp_millis()
+            >= lease.as_millis() as i64
+    );
+    assert!(!next.is_lost());
+    assert!(next.release().await.unwrap());
 }

@@ -137,9 +137,12 @@ async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
             .and_then(|d| d.get_i64("token").ok());
         coll.find_one_and_update(
             raw::by_holder(&key, &owner, taken),
-            raw::release_update(0, "raw"),
+            raw::release_update(0, "raw", true),
         )
-        .projection(doc! { "queue": 1 })
+        .projection(doc! {
+            "queue": 1, "release_id": 1, "owner": 1, "claim": 1,
+            "token": 1, "acquired_at": 1, "expires_at": 1,
+        })
         .await?;
         raw_times.push(start.elapsed());
     }

@@ -28,8 +28,14 @@ const IMMEDIATE_RETRIES: u32 = 5;
 /// What one attempt found.
 pub(crate) enum Attempt {
     /// The caller holds the lock now; `sent` is when the winning request
-    /// left, the earliest the server can have started the lease.
-    Acquired { info: LockInfo, sent: Instant },
+    /// left, the earliest the server can have started the lease. The lease
+    /// is the one asked for, or `first_lease` for a lock a release handed
+    /// over (which `sent` then predates; see `attempt_until`).
+    Acquired {
+        info: LockInfo,
+        sent: Instant,
+        first_lease: Option<Duration>,
+    },
     /// Someone else does; a fair waiter's place in the queue with it.
     Busy(LockInfo, Place),
 }
@@ -136,6 +142,7 @@ impl MongoLock {
                         Attempt::Acquired {
                             info,
                             sent: probe.sent(),
+                            first_lease: None,
                         }
                     } else {
                         Attempt::Busy(info, Place::of(&doc, &req.claim))
@@ -376,12 +383,18 @@ impl IntoFuture for Acquire {
                     }
                 }
                 match self.lock.attempt_until(&req).await? {
-                    Attempt::Acquired { info, sent } => Ok(LockGuard::new(
+                    Attempt::Acquired {
+                        info,
+                        sent,
+                        first_lease,
+                    } => Ok(LockGuard::new(
                         self.lock,
                         info,
                         Held {
                             sent,
                             lease: self.expires,
+                            first_lease: first_lease.map_or(self.expires, |l| l.min(self.expires)),
+                            hand_over: req.fair,
                             renew_every,
                             min_hold_millis,
                         },

@@ -19,6 +19,13 @@ pub(crate) struct Held {
     pub(crate) sent: Instant,
     /// The lease asked for.
     pub(crate) lease: Duration,
+    /// The lease the acquisition gave, counted from `sent`: `lease`, or
+    /// less for a lock a release handed over (see
+    /// [`crate::query::release_update`]), which is then extended to `lease`
+    /// in the background.
+    pub(crate) first_lease: Duration,
+    /// Whether the release hands the lock over to the queue's head.
+    pub(crate) hand_over: bool,
     /// Background renewal interval, if on.
     pub(crate) renew_every: Option<Duration>,
     /// Minimum hold applied at release.
@@ -64,6 +71,9 @@ pub struct LockGuard {
     info: LockInfo,
     owner: String,
     min_hold_millis: i64,
+    hand_over: bool,
+    /// Whether the acquisition asked for background renewal.
+    renews: bool,
     lease: Arc<Lease>,
     renewal: Option<JoinHandle<()>>,
     released: bool,
@@ -74,8 +84,23 @@ pub struct LockGuard {
 impl LockGuard {
     pub(crate) fn new(lock: MongoLock, info: LockInfo, held: Held) -> Self {
         let owner = info.owner.clone().unwrap_or_default();
-        let lease = Lease::new(held.sent, lock.local_lease(held.lease));
-        let renewal = held.renew_every.map(|interval| {
+        let lease = Lease::new(held.sent, lock.local_lease(held.first_lease));
+        let short = held.first_lease < held.lease;
+        // A short first lease is renewed halfway through it at the latest.
+        let first = |interval: Duration| {
+            let interval = if short {
+                interval.min(held.first_lease / 2)
+            } else {
+                interval
+            };
+            held.sent + interval
+        };
+        let renewal = match held.renew_every {
+            Some(interval) => Some((interval, first(interval), false)),
+            None if short => Some((held.lease, first(held.lease), true)),
+            None => None,
+        };
+        let renewal = renewal.map(|(interval, first, once)| {
             Renewal {
                 lock: lock.clone(),
                 key: info.key.clone(),
@@ -83,6 +108,8 @@ impl LockGuard {
                 token: info.token,
                 lease: held.lease,
                 interval,
+                first,
+                once,
             }
             .spawn(lease.clone())
         });
@@ -91,6 +118,8 @@ impl LockGuard {
             info,
             owner,
             min_hold_millis: held.min_hold_millis,
+            hand_over: held.hand_over,
+            renews: held.renew_every.is_some(),
             lease,
             renewal,
             released: false,
@@ -188,6 +217,7 @@ impl LockGuard {
                 &self.owner,
                 Some(self.info.token),
                 self.min_hold_millis,
+                self.hand_over,
             )
             .await;
         self.released = true;
@@ -200,7 +230,7 @@ impl LockGuard {
 
     /// Whether a background renewal keeps the lease alive.
     pub(crate) fn renews(&self) -> bool {
-        self.renewal.is_some()
+        self.renews
     }
 
     fn stop_renewal(&mut self) {
@@ -222,6 +252,7 @@ impl Drop for LockGuard {
             std::mem::take(&mut self.info.key),
             filter,
             self.min_hold_millis,
+            self.hand_over,
             crate::mongo_lock::Until::Done,
         );
     }

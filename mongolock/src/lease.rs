@@ -92,11 +92,16 @@ pub(crate) struct Renewal {
     pub(crate) token: i64,
     pub(crate) lease: Duration,
     pub(crate) interval: Duration,
+    /// When to renew first.
+    pub(crate) first: Instant,
+    /// Stop after the first confirmed renewal: a lock handed over with a
+    /// lease shorter than asked for is extended once to the whole lease.
+    pub(crate) once: bool,
 }
 
 impl Renewal {
-    /// Extends the lease every `interval` until the task is aborted or the
-    /// lease is lost. Failed renewals are retried with backoff while the
+    /// Extends the lease at `first`, then every `interval` (unless `once`)
+    /// until the task is aborted or the lease is lost. Failed renewals are retried with backoff while the
     /// lease lasts; only a foreign holder or a passed deadline loses it.
     pub(crate) fn spawn(self, state: Arc<Lease>) -> JoinHandle<()> {
         tokio::spawn(async move { self.run(&state).await })
@@ -104,7 +109,7 @@ impl Renewal {
 
     async fn run(self, state: &Lease) {
         let lease_millis = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
-        let mut next = Instant::now() + self.interval;
+        let mut next = self.first;
         let mut failures = 0_u32;
         loop {
             tokio::time::sleep_until(next.min(state.deadline())).await;
@@ -123,6 +128,9 @@ impl Renewal {
                     next = sent + self.interval;
                     crate::metrics::renewed(&self.key);
                     tracing::debug!(key = %self.key, owner = %self.owner, "mongolock renewed");
+                    if self.once {
+                        return;
+                    }
                 }
                 Ok(Ok(None)) => {
                     state.mark_lost(TAKEN);

@@ -450,7 +450,7 @@ impl MongoLock {
         validate::key(key)?;
         let mut filter = query::by_key(key);
         filter.insert("$expr", query::held_expr());
-        let released = self.release_where(key, filter, 0).await?;
+        let released = self.release_where(key, filter, 0, false).await?;
         tracing::info!(key, released, "mongolock force_release");
         Ok(released)
     }
@@ -550,36 +550,55 @@ impl MongoLock {
     }
 
     /// The owner-checked release shared by [`release`](Self::release) and
-    /// guards.
+    /// guards; `hand_over` as in [`query::release_update`].
     pub(crate) async fn release_held(
         &self,
         key: &str,
         owner: &str,
         token: Option<i64>,
         min_hold_millis: i64,
+        hand_over: bool,
     ) -> Result<bool> {
         let released = self
-            .release_where(key, query::by_holder(key, owner, token), min_hold_millis)
+            .release_where(
+                key,
+                query::by_holder(key, owner, token),
+                min_hold_millis,
+                hand_over,
+            )
             .await?;
         tracing::debug!(key, owner, released, "mongolock release");
         Ok(released)
     }
 
     /// Releases the lock document `filter` matches, within the operation
-    /// timeout, and wakes the waiter of this `MongoLock` whose turn it is,
-    /// if any (whose change event then wakes nobody else here). The reply
-    /// carries the queue, to know whose turn it is.
+    /// timeout, and hands the lock over to or wakes the waiter of this
+    /// `MongoLock` whose turn it is, if any (whose change event then wakes
+    /// nobody else here). The reply carries the queue and the new holder, to
+    /// know whose turn it is.
     pub(crate) async fn release_where(
         &self,
         key: &str,
         filter: Document,
         min_hold_millis: i64,
+        hand_over: bool,
     ) -> Result<bool> {
         let local = self.wakeups().releasing_here(key, min_hold_millis <= 0);
         let update = self
             .collection()
-            .find_one_and_update(filter, query::release_update(min_hold_millis, local.id()))
-            .projection(doc! { query::QUEUE: 1 })
+            .find_one_and_update(
+                filter,
+                query::release_update(min_hold_millis, local.id(), hand_over),
+            )
+            .projection(doc! {
+                query::QUEUE: 1,
+                query::RELEASE_ID: 1,
+                query::OWNER: 1,
+                query::CLAIM: 1,
+                query::TOKEN: 1,
+                query::ACQUIRED_AT: 1,
+                query::EXPIRES_AT: 1,
+            })
             .return_document(mongodb::options::ReturnDocument::After);
         let released = self
             .bounded(key, self.operation_timeout(), async { Ok(update.await?) })
@@ -587,7 +606,7 @@ impl MongoLock {
         let Some(released) = released else {
             return Ok(false);
         };
-        local.released_here(crate::wake::Head::of(Some(&released)).as_ref());
+        local.released_here(&released);
         Ok(true)
     }
 
@@ -606,6 +625,7 @@ impl MongoLock {
         key: String,
         filter: Document,
         min_hold_millis: i64,
+        hand_over: bool,
         until: Until,
     ) {
         let (lock, task_key) = (self.clone(), key.clone());
@@ -614,7 +634,10 @@ impl MongoLock {
             let give_up = tokio::time::Instant::now() + lock.operation_timeout();
             let mut retry = 0;
             loop {
-                match lock.release_where(&key, filter.clone(), min_hold_millis).await {
+                match lock
+                    .release_where(&key, filter.clone(), min_hold_millis, hand_over)
+                    .await
+                {
                     Ok(false) if until == Until::Found && tokio::time::Instant::now() < give_up => {
                         tokio::time::sleep(lock.backoff().delay(retry)).await;
                         retry += 1;
@@ -653,9 +676,12 @@ impl MongoLock {
 
     /// Takes a fair waiter that gave up out of `key`'s queue, in the
     /// background, so that the next in line need not wait for its entry to
-    /// lapse. Only the waiter's own entry is touched; if this never runs,
-    /// the entry lapses by itself.
-    pub(crate) fn leave_queue_in_background(&self, key: String, claim: String) {
+    /// lapse; then releases the lock if a release handed it over to that
+    /// waiter before it left (in that order: once out of the queue, no
+    /// release can hand the lock to it any more). Only the waiter's own entry
+    /// and lock are touched; if this never runs, both lapse by themselves
+    /// within the queue expiry.
+    pub(crate) fn leave_queue_in_background(&self, key: String, owner: String, claim: String) {
         let lock = self.clone();
         self.in_background(async move {
             let leave = lock.collection().update_one(
@@ -665,7 +691,14 @@ impl MongoLock {
             let left = lock
                 .bounded(&key, lock.operation_timeout(), async { Ok(leave.await?) })
                 .await;
-            if let Err(error) = left {
+            let released = match left {
+                Ok(_) => {
+                    lock.release_where(&key, query::by_claim(&key, &owner, &claim), 0, true)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = released {
                 tracing::debug!(%key, %error, "mongolock could not leave the queue; the entry will lapse");
             }
         });
@@ -795,7 +828,7 @@ impl IntoFuture for Release {
         Box::pin(async move {
             validate::holder(&self.key, &self.owner)?;
             self.lock
-                .release_held(&self.key, &self.owner, None, 0)
+                .release_held(&self.key, &self.owner, None, 0, false)
                 .await
         })
     }

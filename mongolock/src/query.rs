@@ -28,17 +28,23 @@ pub(crate) const PY_LOCKED: &str = "locked";
 pub(crate) const PY_EXPIRE: &str = "expire";
 pub(crate) const PY_CREATED: &str = "created";
 
-/// A fair lock's queue of waiters, oldest first: `{ w, p, exp }` per
-/// waiter, with its claim, its `MongoLock`'s tag (which process to wake) and
-/// when the entry lapses unless the waiter asks again.
+/// A fair lock's queue of waiters, oldest first: `{ w, p, exp, o, l }` per
+/// waiter, with its claim, its `MongoLock`'s tag (which process to wake),
+/// when the entry lapses unless the waiter asks again, and the owner and
+/// lease (milliseconds) a release hands the lock over with.
 pub(crate) const QUEUE: &str = "queue";
 /// Set by each release to a value of the releaser's, so that the releasing
-/// process recognises its own release's change event.
+/// process recognises its own release's change event. A release that hands
+/// the lock over appends [`GRANTED_TO`] and the new holder's process tag.
 pub(crate) const RELEASE_ID: &str = "release_id";
+/// Separates a release id from the tag of the process it handed over to.
+pub(crate) const GRANTED_TO: &str = "@";
 /// Queue entry fields.
 pub(crate) const WAITER: &str = "w";
 pub(crate) const PROCESS: &str = "p";
 pub(crate) const ENTRY_EXPIRES: &str = "exp";
+pub(crate) const ENTRY_OWNER: &str = "o";
+pub(crate) const ENTRY_LEASE: &str = "l";
 /// The most entries a queue holds: a document stays far below MongoDB's
 /// 16 MiB, and waiters beyond it wait unqueued, as without fairness.
 pub(crate) const MAX_QUEUE: i64 = 10_000;
@@ -160,11 +166,7 @@ pub fn acquire_pipeline(
     let take_now = match fair {
         None => doc! { "$or": ["$$free", mine] },
         Some(_) => {
-            vars.insert("live", doc! { "$filter": {
-                "input": { "$ifNull": [field(QUEUE), []] },
-                "as": "e",
-                "cond": { "$gt": [{ "$toLong": format!("$$e.{ENTRY_EXPIRES}") }, now_millis()] },
-            } });
+            vars.insert("live", live_entries());
             scratch.insert("live", "$$live");
             let admitted = doc! { "$or": [
                 { "$eq": [{ "$size": "$$live" }, 0] },
@@ -180,22 +182,36 @@ pub fn acquire_pipeline(
             CLAIM: { "$cond": [&take, claim_value, keep(CLAIM)] },
             ACQUIRED_AT: { "$cond": [&free, "$$NOW", keep(ACQUIRED_AT)] },
             EXPIRES_AT: { "$cond": [&take, &expires, keep(EXPIRES_AT)] },
-            TOKEN: { "$cond": [&free,
-                { "$max": [
-                    { "$add": [{ "$ifNull": [field(TOKEN), 0_i64] }, 1_i64] },
-                    { "$multiply": [now_millis(), TOKENS_PER_MILLI] },
-                ] },
-                keep(TOKEN),
-            ] },
+            TOKEN: { "$cond": [&free, next_token(), keep(TOKEN)] },
             PY_LOCKED: { "$cond": [&take, true, keep(PY_LOCKED)] },
             PY_EXPIRE: { "$cond": [&take, &expires, keep(PY_EXPIRE)] },
         PY_CREATED: { "$cond": [&free, "$$NOW", keep(PY_CREATED)] },
         SCRATCH: "$$REMOVE",
     };
     if let Some(queueing) = fair {
-        second.insert(QUEUE, queue_after(claim, &take, queueing));
+        second.insert(
+            QUEUE,
+            queue_after(owner, claim, lease_millis, &take, queueing),
+        );
     }
     vec![first, doc! { "$set": second }]
+}
+
+/// A new acquisition's fencing token (see [`TOKENS_PER_MILLI`]).
+fn next_token() -> Document {
+    doc! { "$max": [
+        { "$add": [{ "$ifNull": [field(TOKEN), 0_i64] }, 1_i64] },
+        { "$multiply": [now_millis(), TOKENS_PER_MILLI] },
+    ] }
+}
+
+/// The queue's entries that have not lapsed, oldest first.
+fn live_entries() -> Document {
+    doc! { "$filter": {
+        "input": { "$ifNull": [field(QUEUE), []] },
+        "as": "e",
+        "cond": { "$gt": [{ "$toLong": format!("$$e.{ENTRY_EXPIRES}") }, now_millis()] },
+    } }
 }
 
 /// The claims in a queue: `$map` rather than a `queue.w` path, which some
@@ -207,13 +223,21 @@ fn waiters(queue: &str) -> Document {
 /// The queue after a fair attempt: without its lapsed entries, and without
 /// the waiter if it takes the lock, else with its entry extended or (if it
 /// joins) appended. Removed when empty.
-fn queue_after(claim: &str, take: &str, queueing: Queueing<'_>) -> Document {
+fn queue_after(
+    owner: &str,
+    claim: &str,
+    lease_millis: i64,
+    take: &str,
+    queueing: Queueing<'_>,
+) -> Document {
     let live = format!("${SCRATCH}.live");
     let waiter = format!("$$e.{WAITER}");
     let entry = doc! {
         WAITER: { "$literal": claim },
         PROCESS: { "$literal": queueing.tag },
         ENTRY_EXPIRES: { "$add": ["$$NOW", queueing.expiry_millis] },
+        ENTRY_OWNER: { "$literal": owner },
+        ENTRY_LEASE: lease_millis,
     };
     let without_me = doc! { "$filter": {
         "input": &live, "as": "e", "cond": { "$ne": [&waiter, { "$literal": claim }] },
@@ -244,38 +268,105 @@ pub(crate) fn touch_pipeline(lease_millis: i64) -> Vec<Document> {
     vec![doc! { "$set": { EXPIRES_AT: &expires, PY_EXPIRE: &expires } }]
 }
 
-/// Marks the lock free but keeps the document, so its fencing token carries
-/// on. Used with a [`by_holder`] filter.
+/// Ends this holder's lease, keeping the document so its fencing token
+/// carries on. Used with a [`by_holder`] filter.
 ///
-/// Without a minimum hold it is a plain operator update (no pipeline): the
-/// lease ends at the server's now. With one, the lease ends at
-/// `acquired_at + min_hold` if that is later than now, and the Python
-/// package's view stays `locked` until then.
+/// With `hand_over` (a fair holder's release), the lock goes straight to
+/// the queue's live head in the same write, if there is one and no minimum
+/// hold is still running: the head's owner and claim become the holder's, it
+/// gets a new fencing token and leaves the queue, and its lease is its own
+/// lease from the server's now, but never past its queue entry's expiry, so
+/// a head that died while queued holds the lock no longer than its entry
+/// would have held the queue up. The release id then names the head's
+/// process after [`GRANTED_TO`]. Lapsed entries are dropped.
+///
+/// Otherwise the lock is left free. Without a minimum hold and without
+/// `hand_over` that is a plain operator update (no pipeline): the lease ends
+/// at the server's now. With a minimum hold, the lease ends at `acquired_at
+/// + min_hold` if that is later than now, and the Python package's view
+/// stays `locked` until then.
 ///
 /// `release_id` marks the release, so that its change event is known as
 /// this process's own (the `release_id` field).
-pub fn release_update(min_hold_millis: i64, release_id: &str) -> UpdateModifications {
-    if min_hold_millis <= 0 {
+pub fn release_update(
+    min_hold_millis: i64,
+    release_id: &str,
+    hand_over: bool,
+) -> UpdateModifications {
+    if min_hold_millis <= 0 && !hand_over {
         return UpdateModifications::Document(doc! {
             "$currentDate": { EXPIRES_AT: true, PY_EXPIRE: true },
             "$set": { PY_LOCKED: false, RELEASE_ID: release_id },
             "$unset": { OWNER: "", CLAIM: "" },
         });
     }
-    let hold_until = doc! { "$add": [field(ACQUIRED_AT), min_hold_millis] };
-    let ends = doc! { "$cond": [
-        { "$gt": [{ "$toLong": &hold_until }, now_millis()] },
-        &hold_until,
-        "$$NOW",
-    ] };
-    UpdateModifications::Pipeline(vec![
-        doc! { "$set": {
-            EXPIRES_AT: &ends,
-            PY_EXPIRE: &ends,
-            RELEASE_ID: { "$literal": release_id },
-        } },
-        doc! { "$unset": [OWNER, CLAIM] },
-    ])
+    let (held, ends) = if min_hold_millis > 0 {
+        let hold_until = doc! { "$add": [field(ACQUIRED_AT), min_hold_millis] };
+        let held = doc! { "$gt": [{ "$toLong": &hold_until }, now_millis()] };
+        let ends = doc! { "$cond": [&held, &hold_until, "$$NOW"] };
+        (Bson::Document(held), Bson::Document(ends))
+    } else {
+        (Bson::Boolean(false), Bson::String("$$NOW".to_owned()))
+    };
+    let live = if hand_over {
+        Bson::Document(live_entries())
+    } else {
+        Bson::Array(Vec::new())
+    };
+    let head = doc! { "$let": {
+        "vars": { "h": { "$arrayElemAt": ["$$live", 0] } },
+        "in": { "$cond": [
+            { "$and": [
+                { "$not": ["$$held"] },
+                { "$eq": [{ "$type": format!("$$h.{ENTRY_OWNER}") }, "string"] },
+                { "$eq": [{ "$type": format!("$$h.{WAITER}") }, "string"] },
+                { "$isNumber": format!("$$h.{ENTRY_LEASE}") },
+            ] },
+            "$$h",
+            null,
+        ] },
+    } };
+    let first = doc! { "$set": { SCRATCH: { "$let": {
+        "vars": { "live": live, "held": held },
+        "in": { "live": "$$live", "ends": ends, "head": head },
+    } } } };
+    let head = |name: &str| format!("${SCRATCH}.head.{name}");
+    let granted = doc! { "$eq": [{ "$type": format!("${SCRATCH}.head") }, "object"] };
+    let keep = |name: &str| Bson::String(field(name));
+    let handed_until = doc! { "$toDate": { "$min": [
+        { "$add": [now_millis(), head(ENTRY_LEASE)] },
+        { "$toLong": head(ENTRY_EXPIRES) },
+    ] } };
+    let ends = format!("${SCRATCH}.ends");
+    let expires = doc! { "$cond": [&granted, handed_until, &ends] };
+    let still_locked = if min_hold_millis > 0 {
+        keep(PY_LOCKED)
+    } else {
+        Bson::Boolean(false)
+    };
+    let mut second = doc! {
+        OWNER: { "$cond": [&granted, head(ENTRY_OWNER), "$$REMOVE"] },
+        CLAIM: { "$cond": [&granted, head(WAITER), "$$REMOVE"] },
+        ACQUIRED_AT: { "$cond": [&granted, "$$NOW", keep(ACQUIRED_AT)] },
+        EXPIRES_AT: &expires,
+        TOKEN: { "$cond": [&granted, next_token(), keep(TOKEN)] },
+        PY_LOCKED: { "$cond": [&granted, true, still_locked] },
+        PY_EXPIRE: &expires,
+        PY_CREATED: { "$cond": [&granted, "$$NOW", keep(PY_CREATED)] },
+        RELEASE_ID: { "$cond": [&granted,
+            { "$concat": [{ "$literal": release_id }, GRANTED_TO, head(PROCESS)] },
+            { "$literal": release_id },
+        ] },
+        SCRATCH: "$$REMOVE",
+    };
+    if hand_over {
+        let live = format!("${SCRATCH}.live");
+        second.insert(QUEUE, doc! { "$let": {
+            "vars": { "q": { "$cond": [&granted, { "$slice": [&live, 1, MAX_QUEUE] }, &live] } },
+            "in": { "$cond": [{ "$eq": [{ "$size": "$$q" }, 0] }, "$$REMOVE", "$$q"] },
+        } });
+    }
+    UpdateModifications::Pipeline(vec![first, doc! { "$set": second }])
 }
 
 #[cfg(test)]
@@ -315,7 +406,7 @@ mod tests {
 
     #[test]
     fn release_without_min_hold_is_an_operator_update() {
-        let UpdateModifications::Document(update) = release_update(0, "r1") else {
+        let UpdateModifications::Document(update) = release_update(0, "r1", false) else {
             panic!("a pipeline where an operator update does");
         };
         assert_eq!(
@@ -327,7 +418,11 @@ mod tests {
             }
         );
         assert!(matches!(
-            release_update(5, "r1"),
+            release_update(5, "r1", false),
+            UpdateModifications::Pipeline(_)
+        ));
+        assert!(matches!(
+            release_update(0, "r1", true),
             UpdateModifications::Pipeline(_)
         ));
     }

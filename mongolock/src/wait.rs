@@ -154,9 +154,17 @@ impl MongoLock {
         let (mut polls, mut late, mut failures) = (0_u32, 0_u32, 0_u32);
         let mut unknown = false;
         let mut last_error = None;
+        // When the last attempt that found this waiter queued (and so
+        // refreshed its entry) was sent.
+        let mut queued_at = None;
         loop {
             let mut woken = std::pin::pin!(interest.notified());
             woken.as_mut().enable();
+            if let Some(info) = interest.take_handed_over() {
+                if let Some(acquired) = self.handed_over(req, info, queued_at) {
+                    return Ok(acquired);
+                }
+            }
             let start = Instant::now();
             let cutoff = deadline.max(start + LAST_ATTEMPT_GRACE).min(start + single);
             orphan.armed = true;
@@ -173,6 +181,9 @@ impl MongoLock {
                 Ok(Attempt::Busy(holder, place)) => {
                     orphan.armed = unknown;
                     failures = 0;
+                    if place.position.is_some() {
+                        queued_at = Some(start);
+                    }
                     if now >= deadline {
                         return Ok(Attempt::Busy(holder, place));
                     }
@@ -215,6 +226,39 @@ impl MongoLock {
                 }
             }
         }
+    }
+
+    /// A lock a release handed over to this waiter. The release gave it
+    /// the waiter's lease from the server's now, but no further than its
+    /// queue entry's expiry; both are later than `queued_at` plus the lease
+    /// or the queue expiry, whichever is shorter, since the release came
+    /// after the attempt that refreshed the entry. So the lock is counted as
+    /// held that long from `queued_at` (and extended to the whole lease in
+    /// the background; see `LockGuard`). If less than half of it is left (or
+    /// no attempt is known to have refreshed the entry), `None`: the next
+    /// attempt re-enters the lock with the whole lease instead.
+    fn handed_over(
+        &self,
+        req: &Request,
+        info: LockInfo,
+        queued_at: Option<Instant>,
+    ) -> Option<Attempt> {
+        let sent = queued_at?;
+        if info.owner.as_deref() != Some(req.owner.as_str()) {
+            return None;
+        }
+        let lease = Duration::from_millis(u64::try_from(req.lease_millis).unwrap_or(u64::MAX));
+        let first_lease = lease.min(self.queue_expiry());
+        let counted = self.local_lease(first_lease);
+        if (sent + counted).saturating_duration_since(Instant::now()) < counted / 2 {
+            return None;
+        }
+        tracing::debug!(key = %req.key, "mongolock lock handed over by a release");
+        Some(Attempt::Acquired {
+            info,
+            sent,
+            first_lease: Some(first_lease),
+        })
     }
 
     /// When to try again after finding `holder` in the way.
@@ -289,8 +333,11 @@ struct Orphan<'a> {
 impl Drop for Orphan<'_> {
     fn drop(&mut self) {
         if self.queued {
-            self.lock
-                .leave_queue_in_background(self.req.key.clone(), self.req.claim.clone());
+            self.lock.leave_queue_in_background(
+                self.req.key.clone(),
+                self.req.owner.clone(),
+                self.req.claim.clone(),
+            );
         }
         if self.armed && !self.req.claim.is_empty() {
             tracing::debug!(key = %self.req.key, owner = %self.req.owner, "mongolock releasing what an unanswered attempt may have taken");
@@ -298,6 +345,7 @@ impl Drop for Orphan<'_> {
                 self.req.key.clone(),
                 crate::query::by_claim(&self.req.key, &self.req.owner, &self.req.claim),
                 0,
+                self.req.fair,
                 crate::mongo_lock::Until::Found,
             );
         }

@@ -14,7 +14,11 @@ use mongodb::Collection;
 use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 
-use crate::query::{PROCESS, QUEUE, RELEASE_ID, WAITER};
+use crate::info::LockInfo;
+use crate::query::{
+    ACQUIRED_AT, CLAIM, EXPIRES_AT, GRANTED_TO, OWNER, PROCESS, PY_LOCKED, QUEUE, RELEASE_ID,
+    TOKEN, WAITER,
+};
 
 /// How long to wait before reopening a broken stream.
 const REOPEN_DELAY: Duration = Duration::from_secs(1);
@@ -67,6 +71,8 @@ struct Waiter {
     /// A fair waiter's claim, as in its queue entry.
     claim: Option<String>,
     notify: Arc<Notify>,
+    /// The lock, if a release handed it over to this waiter.
+    handed_over: Option<LockInfo>,
 }
 
 /// The head of a key's queue: whose turn it is.
@@ -104,6 +110,18 @@ impl Interest {
     /// enough to take a free lock; the rest would only load the server.
     pub(crate) fn notified(&self) -> Notified<'_> {
         self.notify.notified()
+    }
+
+    /// The lock as a release handed it over to this waiter, if one did
+    /// since the last call.
+    pub(crate) fn take_handed_over(&self) -> Option<LockInfo> {
+        let mut keys = self.wakeups.keys();
+        keys.get_mut(&self.key)?
+            .waiters
+            .iter_mut()
+            .find(|w| w.id == self.id)?
+            .handed_over
+            .take()
     }
 }
 
@@ -180,6 +198,7 @@ impl Wakeups {
                 id,
                 claim: claim.map(str::to_owned),
                 notify: notify.clone(),
+                handed_over: None,
             });
         Interest {
             wakeups: self.clone(),
@@ -219,22 +238,64 @@ impl Wakeups {
         }
     }
 
-    /// A release event for `key`: wakes the waiter whose turn it is, unless
-    /// it reports a release whose waiter this `MongoLock` woke directly.
-    fn event(&self, key: &str, release_id: Option<&str>, head: Option<&Head>) {
+    /// A release event for `key`, with the release's id and the lock
+    /// document as the stream looked it up: acted on as
+    /// [`released`](Self::released), unless it reports a release by this
+    /// `MongoLock` that already acted on its reply.
+    fn event(&self, key: &str, release_id: Option<&str>, doc: Option<&Document>) {
         {
             let mut keys = self.keys();
             let Some(waiters) = keys.get_mut(key) else {
                 return;
             };
+            let own = release_id.map(|id| id.split(GRANTED_TO).next().unwrap_or(id));
             if let Some(at) =
-                release_id.and_then(|id| waiters.own_releases.iter().position(|own| own == id))
+                own.and_then(|id| waiters.own_releases.iter().position(|mine| mine == id))
             {
                 waiters.own_releases.remove(at);
                 return;
             }
         }
-        self.wake(key, head);
+        self.released(key, release_id, doc);
+    }
+
+    /// A release of `key` took effect, leaving `doc`. If it handed the lock
+    /// over to a waiter here, that waiter gets it; if to another process,
+    /// nobody here is woken; if it left the lock free, the waiter whose turn
+    /// it is is woken.
+    fn released(&self, key: &str, release_id: Option<&str>, doc: Option<&Document>) {
+        let Some((_, process)) = release_id.and_then(|id| id.split_once(GRANTED_TO)) else {
+            self.wake(key, Head::of(doc).as_ref());
+            return;
+        };
+        // Only the document as that very release left it says who holds the
+        // lock now; a later one (looked up after another release) is old news.
+        let current = doc.filter(|d| d.get_str(RELEASE_ID).ok() == release_id);
+        if process != self.tag {
+            return;
+        }
+        let Some((claim, info)) = current.and_then(|d| {
+            let info = LockInfo::from_document(d).ok()?;
+            Some((d.get_str(CLAIM).ok()?, info))
+        }) else {
+            return;
+        };
+        let mut keys = self.keys();
+        let waiter = keys.get_mut(key).and_then(|waiters| {
+            waiters
+                .waiters
+                .iter_mut()
+                .find(|w| w.claim.as_deref() == Some(claim))
+        });
+        match waiter {
+            Some(waiter) => {
+                tracing::trace!(key, "mongolock handing the lock over to a waiter");
+                waiter.handed_over = Some(info);
+                waiter.notify.notify_one();
+            }
+            // It gave up: its leaving the queue releases what it was given.
+            None => tracing::debug!(key, "mongolock lock handed over to a waiter that left"),
+        }
     }
 
     /// Wakes the waiter of `key` whose turn it is: the queue's head if it
@@ -315,10 +376,12 @@ impl LocalRelease<'_> {
         &self.id
     }
 
-    /// The release took effect, leaving `head` first in the queue: wake
-    /// the waiter here whose turn it is, if any.
-    pub(crate) fn released_here(mut self, head: Option<&Head>) {
-        self.wakeups.wake(&self.key, head);
+    /// The release took effect, leaving `doc` (the reply of
+    /// [`crate::query::release_update`]): hand the lock over or wake the
+    /// waiter here whose turn it is, if any.
+    pub(crate) fn released_here(mut self, doc: &Document) {
+        self.wakeups
+            .released(&self.key, doc.get_str(RELEASE_ID).ok(), Some(doc));
         self.expected = false;
     }
 }
@@ -349,9 +412,11 @@ struct StreamTask {
 /// lock: a release (which sets `locked: false`, as the Python package's does
 /// too; `force_release` also during a minimum hold) and a deleted document,
 /// and of the releases only those that leave no queue or one headed by
-/// this process. Acquisitions, takeovers, renewals and queue updates wake
-/// nobody: a waiter could not take the lock after them; nor does a release
-/// whose next holder waits in another process.
+/// this process; and the releases that handed the lock over to a waiter of
+/// this process (their release id ends in its tag), whose looked-up
+/// document tells that waiter its lock. Acquisitions, takeovers, renewals
+/// and queue updates wake nobody: a waiter could not take the lock after
+/// them; nor does a release whose next holder waits in another process.
 ///
 /// Written for both shapes of events: MongoDB 5.0+ reports pipeline updates
 /// as `update` with the changed fields, 4.4 as `replace` with the whole
@@ -361,26 +426,35 @@ struct StreamTask {
 /// little later than the release: at worst a waiter is woken whose turn
 /// has just passed, and finds the lock taken.
 pub fn release_events(tag: &str) -> Vec<Document> {
-    let locked = crate::query::PY_LOCKED;
+    let handed_here = doc! { "$regex": format!("{GRANTED_TO}{tag}$") };
     vec![
-        doc! { "$match": { "$and": [
-            { "$or": [
-                { "operationType": "delete" },
-                { format!("updateDescription.updatedFields.{locked}"): false },
-                { "operationType": "replace", format!("fullDocument.{locked}"): false },
+        doc! { "$match": { "$or": [
+            { "operationType": "delete" },
+            { "$and": [
+                { "$or": [
+                    { format!("updateDescription.updatedFields.{PY_LOCKED}"): false },
+                    { "operationType": "replace", format!("fullDocument.{PY_LOCKED}"): false },
+                ] },
+                { "$or": [
+                    { format!("fullDocument.{QUEUE}.0"): { "$exists": false } },
+                    { format!("fullDocument.{QUEUE}.0.{PROCESS}"): tag },
+                ] },
             ] },
-            { "$or": [
-                { "operationType": "delete" },
-                { format!("fullDocument.{QUEUE}.0"): { "$exists": false } },
-                { format!("fullDocument.{QUEUE}.0.{PROCESS}"): tag },
-            ] },
+            { format!("updateDescription.updatedFields.{RELEASE_ID}"): &handed_here },
+            { "operationType": "replace", format!("fullDocument.{RELEASE_ID}"): &handed_here },
         ] } },
         doc! { "$project": {
             "operationType": 1,
             "documentKey": 1,
             "updateDescription": 1,
+            "fullDocument._id": 1,
             format!("fullDocument.{QUEUE}"): 1,
             format!("fullDocument.{RELEASE_ID}"): 1,
+            format!("fullDocument.{OWNER}"): 1,
+            format!("fullDocument.{CLAIM}"): 1,
+            format!("fullDocument.{TOKEN}"): 1,
+            format!("fullDocument.{ACQUIRED_AT}"): 1,
+            format!("fullDocument.{EXPIRES_AT}"): 1,
         } },
     ]
 }
@@ -464,8 +538,7 @@ impl StreamTask {
                                         .as_ref()
                                         .and_then(|d| d.get_str(RELEASE_ID).ok())
                                 });
-                            let head = Head::of(event.full_document.as_ref());
-                            wakeups.event(key, release_id, head.as_ref());
+                            wakeups.event(key, release_id, event.full_document.as_ref());
                         }
                     }
                     Some(Err(error)) => {
@@ -550,17 +623,36 @@ mod tests {
         notified.now_or_never().is_some()
     }
 
+    /// A lock document whose queue is headed by `waiter` of `process`.
+    fn headed_by(process: &str, waiter: &str) -> Document {
+        doc! { QUEUE: [{ PROCESS: process, WAITER: waiter }] }
+    }
+
+    /// A lock document as a release that handed the lock over to `claim`
+    /// of `process` left it.
+    fn handed_to(process: &str, claim: &str, release_id: &str) -> Document {
+        doc! {
+            "_id": "job",
+            OWNER: "next-owner",
+            CLAIM: claim,
+            TOKEN: 7_i64,
+            EXPIRES_AT: mongodb::bson::DateTime::now(),
+            RELEASE_ID: format!("{release_id}{GRANTED_TO}{process}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_local_release_wakes_one_waiter_here_not_two() {
         let wakeups = Arc::new(Wakeups::new(false));
         let interest = wakeups.subscribe("job", None);
         wakeups.set_status(OPEN);
+        let free = doc! {};
         // The release's event may come before the write's reply: it is not
         // delivered; the direct wake after the reply is.
         let release = wakeups.releasing_here("job", true);
         let id = release.id().to_owned();
         assert!(!wakes(&interest, || wakeups.event("job", Some(&id), None)));
-        assert!(wakes(&interest, || release.released_here(None)));
+        assert!(wakes(&interest, || release.released_here(&free)));
         // Someone else's release: delivered.
         assert!(wakes(&interest, || wakeups.event(
             "job",
@@ -575,7 +667,7 @@ mod tests {
         // A release into a minimum hold has no event to hold back.
         let held = wakeups.releasing_here("job", false);
         let id = held.id().to_owned();
-        held.released_here(None);
+        held.released_here(&free);
         assert!(wakes(&interest, || wakeups.event("job", Some(&id), None)));
         // A reopened stream forgets its own releases: their events may be lost.
         let pending = wakeups.releasing_here("job", true);
@@ -591,36 +683,74 @@ mod tests {
         let wakeups = Arc::new(Wakeups::new(false));
         let first = wakeups.subscribe("job", Some("c1"));
         let second = wakeups.subscribe("job", Some("c2"));
-        let head = |process: &str, waiter: &str| Head {
-            process: process.to_owned(),
-            waiter: waiter.to_owned(),
-        };
         let here = wakeups.tag().to_owned();
         // The second in line here is the head: it alone is woken.
-        assert!(!wakes(&first, || wakeups.event(
-            "job",
-            None,
-            Some(&head(&here, "c2"))
-        )));
+        let doc = headed_by(&here, "c2");
+        assert!(!wakes(&first, || wakeups.event("job", None, Some(&doc))));
+        assert!(wakes(&second, || wakeups.event("job", None, Some(&doc))));
+        // Another process's head: nobody here.
+        let doc = headed_by("elsewhere", "c1");
+        assert!(!wakes(&first, || wakeups.event("job", None, Some(&doc))));
+        let release = wakeups.releasing_here("job", true);
+        let doc = headed_by("elsewhere", "x");
+        assert!(!wakes(&first, || release.released_here(&doc)));
+        // A head that left: the oldest waiter here looks.
+        let doc = headed_by(&here, "gone");
+        assert!(wakes(&first, || wakeups.event("job", None, Some(&doc))));
+    }
+
+    #[tokio::test]
+    async fn a_release_that_hands_over_gives_the_lock_to_its_waiter_only() {
+        let wakeups = Arc::new(Wakeups::new(false));
+        let first = wakeups.subscribe("job", Some("c1"));
+        let second = wakeups.subscribe("job", Some("c2"));
+        wakeups.set_status(OPEN);
+        let here = wakeups.tag().to_owned();
+        // Handed over to the second waiter here, by another process.
+        let doc = handed_to(&here, "c2", "r1");
+        let id = doc.get_str(RELEASE_ID).unwrap().to_owned();
         assert!(wakes(&second, || wakeups.event(
             "job",
-            None,
-            Some(&head(&here, "c2"))
+            Some(&id),
+            Some(&doc)
         )));
-        // Another process's head: nobody here.
+        assert!(!wakes(&first, || {}), "only the waiter it was given to");
+        assert!(first.take_handed_over().is_none());
+        let given = second.take_handed_over().expect("handed over");
+        assert_eq!(
+            (given.token, given.owner.as_deref()),
+            (7, Some("next-owner"))
+        );
+        assert!(second.take_handed_over().is_none(), "given once");
+        // The looked-up document shows a later release: old news, nobody
+        // is given anything.
+        let later = handed_to(&here, "c2", "r2");
+        assert!(!wakes(&second, || wakeups.event(
+            "job",
+            Some(&id),
+            Some(&later)
+        )));
+        assert!(second.take_handed_over().is_none());
+        // Handed over to another process: nobody here is woken.
+        let doc = handed_to("elsewhere", "c1", "r3");
+        let id = doc.get_str(RELEASE_ID).unwrap().to_owned();
         assert!(!wakes(&first, || wakeups.event(
             "job",
-            None,
-            Some(&head("elsewhere", "c1"))
+            Some(&id),
+            Some(&doc)
         )));
+        // This process's own release hands over directly from its reply;
+        // its event then does nothing more.
         let release = wakeups.releasing_here("job", true);
-        assert!(!wakes(&first, || release
-            .released_here(Some(&head("elsewhere", "x")))));
-        // A head that left: the oldest waiter here looks.
-        assert!(wakes(&first, || wakeups.event(
+        let doc = handed_to(&here, "c1", release.id());
+        let id = doc.get_str(RELEASE_ID).unwrap().to_owned();
+        assert!(wakes(&first, || release.released_here(&doc)));
+        assert!(first.take_handed_over().is_some());
+        assert!(!wakes(&first, || wakeups.event(
             "job",
-            None,
-            Some(&head(&here, "gone"))
+            Some(&id),
+            Some(&doc)
         )));
+        assert!(first.take_handed_over().is_none());
     }
 }
