@@ -222,7 +222,8 @@ async fn acquisition_cut_off_at_its_deadline_leaves_no_lock_behind() {
 
 /// Every shape of change event a lock document produces, on MongoDB 4.4
 /// (pipeline updates reported as `replace`) and 5.0+ (as `update`), and
-/// whether a waiter of the process tagged `here` can take the lock after it.
+/// whether a waiter of the process tagged `here` can take the lock after it
+/// or was handed it.
 #[tokio::test]
 async fn release_event_filter_matches_releases_in_every_event_shape() {
     let events = fresh_collection("event_shapes").await;
@@ -317,6 +318,40 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             false,
             doc! { "operationType": "replace", "fullDocument": {
                 "locked": false, "queue": [{ "w": "c1", "p": "elsewhere" }, { "w": "c2", "p": "here" }],
+            } },
+        ),
+        (
+            "release that hands the lock to a waiter here",
+            true,
+            updated(
+                doc! { "owner": "b", "claim": "c1", "token": 7_i64, "release_id": "r1@here" },
+                vec![],
+            ),
+        ),
+        (
+            "release that hands the lock to a waiter elsewhere",
+            false,
+            with_queue(
+                updated(
+                    doc! { "owner": "b", "claim": "c1", "token": 7_i64, "release_id": "r1@elsewhere" },
+                    vec![],
+                ),
+                "here",
+            ),
+        ),
+        (
+            "release that hands the lock to a waiter here, 4.4",
+            true,
+            doc! { "operationType": "replace", "fullDocument": {
+                "locked": true, "owner": "b", "claim": "c1", "release_id": "r1@here",
+            } },
+        ),
+        (
+            "release that hands the lock to a waiter elsewhere, 4.4",
+            false,
+            doc! { "operationType": "replace", "fullDocument": {
+                "locked": true, "owner": "b", "claim": "c1", "release_id": "r1@elsewhere",
+                "queue": [{ "w": "c2", "p": "here" }],
             } },
         ),
     ];

@@ -406,3 +406,47 @@ async fn a_lock_handed_over_for_less_than_its_lease_is_extended_to_it() {
     assert!(!next.is_lost());
     assert!(next.release().await.unwrap());
 }
+
+#[tokio::test]
+async fn a_handed_over_lock_is_counted_lost_before_the_server_frees_it() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_handover_lost").await;
+    let holder = MongoLock::with_collection(coll.clone());
+    let (waiter, seen) = recorded_lock(&coll).await;
+    let waiter = waiter
+        .with_max_clock_skew(Duration::from_millis(300))
+        .unwrap();
+    waiter
+        .acquire("warm")
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let guard = holder.acquire("job").await.unwrap();
+    let (_trace, waiting) = waiting_signal();
+    let task = tokio::spawn(async move {
+        waiter
+            .acquire("job")
+            .expires(Duration::from_secs(1))
+            .timeout(WAIT)
+            .await
+    });
+    waiting.notified().await;
+    waiting.notified().await;
+    let before = writes(&seen);
+    assert!(guard.release().await.unwrap());
+    let next = task.await.unwrap().unwrap();
+    assert_eq!(writes(&seen), before, "not handed over");
+    // Counted from the head's last attempt, before the release: it gives up
+    // while the server still keeps everyone else out.
+    let lost = next.lost().await;
+    assert!(
+        matches!(lost, mongolock::Error::LockLost { .. }),
+        "{lost:?}"
+    );
+    assert!(holder.is_locked("job").await.unwrap());
+    assert!(!holder.lock("job", "other").await.unwrap());
+}

@@ -279,6 +279,14 @@ impl Acquire {
     /// so a waiter that died blocks the queue no longer than that; a waiting
     /// one re-asks every third of it.
     ///
+    /// A fair guard's release hands the lock straight to the queue's head in
+    /// the same write; the head learns it from the release's change event
+    /// (or reply, in the same process) and sends nothing to take it. Its
+    /// lease then runs from the release, but no further than its queue entry
+    /// would have lasted, so a head that died holds the lock no longer than
+    /// that either; if that cut the lease short, the guard extends it to the
+    /// whole lease in the background, once, within the first half of it.
+    ///
     /// Unfair acquisitions (`fair(false)`, and [`MongoLock::lock`]) ignore
     /// the queue: they take a lock that is free, ahead of queued waiters.
     pub fn fair(mut self, fair: bool) -> Self {

@@ -151,7 +151,9 @@ impl LockGuard {
 
     /// When the lease ends, by the server's clock, as of the acquisition or
     /// the last successful [`touch`](Self::touch) (background renewals do
-    /// not update it).
+    /// not update it). For a lock a release handed over (see
+    /// [`Acquire::fair`](crate::Acquire::fair)), that may be the end of a
+    /// shorter first lease, which the guard extends in the background.
     pub fn expires_at(&self) -> DateTime {
         self.info.expires_at
     }

@@ -271,7 +271,8 @@ impl MongoLock {
     /// after each of its attempts (default [`DEFAULT_QUEUE_EXPIRY`], at least
     /// 30 ms). A waiting waiter re-asks every `expiry / 3`, which is all a
     /// waiter costs the server while the lock stays taken; a waiter that
-    /// died holds up the queue for at most `expiry`.
+    /// died holds up the queue for at most `expiry`, also when a release
+    /// hands it the lock (its lease is cut at its entry's expiry).
     pub fn with_queue_expiry(self, expiry: Duration) -> Result<Self> {
         validate::bounded("queue_expiry", expiry)?;
         if expiry < Duration::from_millis(30) {
