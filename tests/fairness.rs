@@ -275,23 +275,19 @@ async fn waiters_that_give_up_leave_the_queue() {
     assert!(guard.release().await.unwrap());
 }
 
-/// The number of `findAndModify` commands in `seen`.
-fn writes(seen: &Mutex<Vec<String>>) -> usize {
-    seen.lock()
-        .unwrap()
-        .iter()
-        .filter(|c| *c == "findAndModify")
-        .count()
-}
-
-#[tokio::test]
-async fn a_release_hands_the_lock_to_the_head_which_sends_nothing_to_take_it() {
-    if std::env::var(ROLE).is_ok() {
-        return;
-    }
-    let coll = mongolock_suite::fresh_collection("fifo_handover").await;
+/// A holder of `job` in `coll` releases it once a waiter in another
+/// `MongoLock` (built from the recorded one by `waiter`, asking for
+/// `expires`) listens for releases. Returns the holder, its token, and the
+/// waiter's guard, checked to be handed over: the waiter sent no command to
+/// take it.
+async fn handed_over(
+    coll: &Collection<Document>,
+    waiter: impl FnOnce(MongoLock) -> MongoLock,
+    expires: Duration,
+) -> (MongoLock, i64, mongolock::LockGuard) {
     let holder = MongoLock::with_collection(coll.clone());
-    let (waiter, seen) = recorded_lock(&coll).await;
+    let (recorded, seen) = recorded_lock(coll).await;
+    let waiter = waiter(recorded);
     waiter
         .acquire("warm")
         .await
@@ -301,17 +297,35 @@ async fn a_release_hands_the_lock_to_the_head_which_sends_nothing_to_take_it() {
         .unwrap();
     let guard = holder.acquire("job").await.unwrap();
     let (_trace, waiting) = waiting_signal();
-    let task = tokio::spawn(async move { waiter.acquire("job").timeout(WAIT).await });
+    let task =
+        tokio::spawn(async move { waiter.acquire("job").expires(expires).timeout(WAIT).await });
     // It sleeps once after finding the lock taken, and once more after its
     // change stream opened (which makes every waiter look again): from then
     // on it hears of releases.
     waiting.notified().await;
     waiting.notified().await;
-    let before = writes(&seen);
+    let writes = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|c| *c == "findAndModify")
+            .count()
+    };
+    let before = writes();
     let first = guard.token();
     assert!(guard.release().await.unwrap());
     let next = task.await.unwrap().unwrap();
-    assert_eq!(writes(&seen), before, "the head sent a command to take it");
+    assert_eq!(writes(), before, "the head sent a command to take it");
+    (holder, first, next)
+}
+
+#[tokio::test]
+async fn a_release_hands_the_lock_to_the_head_which_sends_nothing_to_take_it() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_handover").await;
+    let (holder, first, next) = handed_over(&coll, |l| l, Duration::from_secs(60)).await;
     let info = holder.get_lock_info("job").await.unwrap().unwrap();
     assert_eq!(info.owner.as_deref(), Some(next.owner()));
     assert_eq!(info.token, next.token());
@@ -374,20 +388,10 @@ async fn a_lock_handed_over_for_less_than_its_lease_is_extended_to_it() {
         return;
     }
     let coll = mongolock_suite::fresh_collection("fifo_handover_extend").await;
-    let holder = MongoLock::with_collection(coll.clone());
-    let guard = holder.acquire("job").await.unwrap();
     // Queue entries last 1 s: a handed-over lock is first held that long.
-    let waiter = MongoLock::with_collection(coll.clone())
-        .with_queue_expiry(Duration::from_secs(1))
-        .unwrap();
     let lease = Duration::from_secs(60);
-    let (_trace, waiting) = waiting_signal();
-    let task =
-        tokio::spawn(async move { waiter.acquire("job").expires(lease).timeout(WAIT).await });
-    waiting.notified().await;
-    waiting.notified().await;
-    assert!(guard.release().await.unwrap());
-    let next = task.await.unwrap().unwrap();
+    let short_entries = |l: MongoLock| l.with_queue_expiry(Duration::from_secs(1)).unwrap();
+    let (holder, _, next) = handed_over(&coll, short_entries, lease).await;
     let short = next.expires_at();
     assert!(short.timestamp_millis() - next.acquired_at().unwrap().timestamp_millis() <= 1000);
     // The guard extends it to the whole lease in the background.
@@ -413,33 +417,8 @@ async fn a_handed_over_lock_is_counted_lost_before_the_server_frees_it() {
         return;
     }
     let coll = mongolock_suite::fresh_collection("fifo_handover_lost").await;
-    let holder = MongoLock::with_collection(coll.clone());
-    let (waiter, seen) = recorded_lock(&coll).await;
-    let waiter = waiter
-        .with_max_clock_skew(Duration::from_millis(300))
-        .unwrap();
-    waiter
-        .acquire("warm")
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
-    let guard = holder.acquire("job").await.unwrap();
-    let (_trace, waiting) = waiting_signal();
-    let task = tokio::spawn(async move {
-        waiter
-            .acquire("job")
-            .expires(Duration::from_secs(1))
-            .timeout(WAIT)
-            .await
-    });
-    waiting.notified().await;
-    waiting.notified().await;
-    let before = writes(&seen);
-    assert!(guard.release().await.unwrap());
-    let next = task.await.unwrap().unwrap();
-    assert_eq!(writes(&seen), before, "not handed over");
+    let skew = |l: MongoLock| l.with_max_clock_skew(Duration::from_millis(300)).unwrap();
+    let (holder, _, next) = handed_over(&coll, skew, Duration::from_secs(1)).await;
     // Counted from the head's last attempt, before the release: it gives up
     // while the server still keeps everyone else out.
     let lost = next.lost().await;
