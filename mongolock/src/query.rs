@@ -207,10 +207,13 @@ fn next_token() -> Document {
 
 /// The queue's entries that have not lapsed, oldest first.
 fn live_entries() -> Document {
-    doc! { "$filter": {
-        "input": { "$ifNull": [field(QUEUE), []] },
-        "as": "e",
-        "cond": { "$gt": [{ "$toLong": format!("$$e.{ENTRY_EXPIRES}") }, now_millis()] },
+    doc! { "$let": {
+        "vars": { "now": now_millis() },
+        "in": { "$filter": {
+            "input": { "$ifNull": [field(QUEUE), []] },
+            "as": "e",
+            "cond": { "$gt": [{ "$toLong": format!("$$e.{ENTRY_EXPIRES}") }, "$$now"] },
+        } },
     } }
 }
 
@@ -293,80 +296,93 @@ pub fn release_update(
     release_id: &str,
     hand_over: bool,
 ) -> UpdateModifications {
-    if min_hold_millis <= 0 && !hand_over {
+    if hand_over {
+        return UpdateModifications::Pipeline(hand_over_pipeline(min_hold_millis, release_id));
+    }
+    if min_hold_millis <= 0 {
         return UpdateModifications::Document(doc! {
             "$currentDate": { EXPIRES_AT: true, PY_EXPIRE: true },
             "$set": { PY_LOCKED: false, RELEASE_ID: release_id },
             "$unset": { OWNER: "", CLAIM: "" },
         });
     }
-    let (held, ends) = if min_hold_millis > 0 {
-        let hold_until = doc! { "$add": [field(ACQUIRED_AT), min_hold_millis] };
-        let held = doc! { "$gt": [{ "$toLong": &hold_until }, now_millis()] };
-        let ends = doc! { "$cond": [&held, &hold_until, "$$NOW"] };
-        (Bson::Document(held), Bson::Document(ends))
-    } else {
-        (Bson::Boolean(false), Bson::String("$$NOW".to_owned()))
-    };
-    let live = if hand_over {
-        Bson::Document(live_entries())
-    } else {
-        Bson::Array(Vec::new())
-    };
+    let (_, ends) = min_hold(min_hold_millis);
+    UpdateModifications::Pipeline(vec![
+        doc! { "$set": {
+            EXPIRES_AT: &ends,
+            PY_EXPIRE: &ends,
+            RELEASE_ID: { "$literal": release_id },
+        } },
+        doc! { "$unset": [OWNER, CLAIM] },
+    ])
+}
+
+/// Whether a minimum hold is still running, and when the lease ends for a
+/// release now: `acquired_at + min_hold` if that is later than now.
+fn min_hold(min_hold_millis: i64) -> (Document, Document) {
+    let hold_until = doc! { "$add": [field(ACQUIRED_AT), min_hold_millis] };
+    let held = doc! { "$gt": [{ "$toLong": &hold_until }, now_millis()] };
+    let ends = doc! { "$cond": [&held, &hold_until, "$$NOW"] };
+    (held, ends)
+}
+
+/// [`release_update`] with `hand_over`. Written for few expressions, which
+/// is what a server that interprets pipelines spends its time on: the head
+/// is found once, and every field after asks only whether there is one.
+fn hand_over_pipeline(min_hold_millis: i64, release_id: &str) -> Vec<Document> {
+    // The head, if it can take over: an entry with a lease (so written
+    // whole by this crate), and no minimum hold running.
     let head = doc! { "$let": {
         "vars": { "h": { "$arrayElemAt": ["$$live", 0] } },
-        "in": { "$cond": [
-            { "$and": [
-                { "$not": ["$$held"] },
-                { "$eq": [{ "$type": format!("$$h.{ENTRY_OWNER}") }, "string"] },
-                { "$eq": [{ "$type": format!("$$h.{WAITER}") }, "string"] },
-                { "$isNumber": format!("$$h.{ENTRY_LEASE}") },
-            ] },
-            "$$h",
-            null,
-        ] },
+        "in": { "$cond": [{ "$isNumber": format!("$$h.{ENTRY_LEASE}") }, "$$h", null] },
     } };
+    let (head, ends, still_locked) = if min_hold_millis > 0 {
+        let (held, ends) = min_hold(min_hold_millis);
+        let head = doc! { "$cond": [held, null, head] };
+        (head, Bson::Document(ends), Bson::String(field(PY_LOCKED)))
+    } else {
+        (head, Bson::String("$$NOW".to_owned()), Bson::Boolean(false))
+    };
     let first = doc! { "$set": { SCRATCH: { "$let": {
-        "vars": { "live": live, "held": held },
-        "in": { "live": "$$live", "ends": ends, "head": head },
+        "vars": { "live": live_entries() },
+        "in": { "live": "$$live", "head": head },
     } } } };
-    let head = |name: &str| format!("${SCRATCH}.head.{name}");
-    let granted = doc! { "$eq": [{ "$type": format!("${SCRATCH}.head") }, "object"] };
+    let granted = format!("${SCRATCH}.head");
+    let head = |name: &str| Bson::String(format!("{granted}.{name}"));
+    let either = |given: Bson, otherwise: Bson| doc! { "$cond": [&granted, given, otherwise] };
     let keep = |name: &str| Bson::String(field(name));
+    let now = || Bson::String("$$NOW".to_owned());
+    let removed = || Bson::String("$$REMOVE".to_owned());
     let handed_until = doc! { "$toDate": { "$min": [
         { "$add": [now_millis(), head(ENTRY_LEASE)] },
         { "$toLong": head(ENTRY_EXPIRES) },
     ] } };
-    let ends = format!("${SCRATCH}.ends");
-    let expires = doc! { "$cond": [&granted, handed_until, &ends] };
-    let still_locked = if min_hold_millis > 0 {
-        keep(PY_LOCKED)
-    } else {
-        Bson::Boolean(false)
+    let live = format!("${SCRATCH}.live");
+    let queue = doc! { "$let": {
+        "vars": { "q": either(
+            doc! { "$slice": [&live, 1, MAX_QUEUE] }.into(),
+            Bson::String(live.clone()),
+        ) },
+        "in": { "$cond": [{ "$eq": [{ "$size": "$$q" }, 0] }, "$$REMOVE", "$$q"] },
+    } };
+    let second = doc! {
+        OWNER: either(head(ENTRY_OWNER), removed()),
+        CLAIM: either(head(WAITER), removed()),
+        ACQUIRED_AT: either(now(), keep(ACQUIRED_AT)),
+        EXPIRES_AT: either(handed_until.into(), ends),
+        TOKEN: either(next_token().into(), keep(TOKEN)),
+        PY_LOCKED: either(true.into(), still_locked),
+        PY_CREATED: either(now(), keep(PY_CREATED)),
+        RELEASE_ID: either(
+            doc! { "$concat": [{ "$literal": release_id }, GRANTED_TO, head(PROCESS)] }.into(),
+            doc! { "$literal": release_id }.into(),
+        ),
+        QUEUE: queue,
+        SCRATCH: removed(),
     };
-    let mut second = doc! {
-        OWNER: { "$cond": [&granted, head(ENTRY_OWNER), "$$REMOVE"] },
-        CLAIM: { "$cond": [&granted, head(WAITER), "$$REMOVE"] },
-        ACQUIRED_AT: { "$cond": [&granted, "$$NOW", keep(ACQUIRED_AT)] },
-        EXPIRES_AT: &expires,
-        TOKEN: { "$cond": [&granted, next_token(), keep(TOKEN)] },
-        PY_LOCKED: { "$cond": [&granted, true, still_locked] },
-        PY_EXPIRE: &expires,
-        PY_CREATED: { "$cond": [&granted, "$$NOW", keep(PY_CREATED)] },
-        RELEASE_ID: { "$cond": [&granted,
-            { "$concat": [{ "$literal": release_id }, GRANTED_TO, head(PROCESS)] },
-            { "$literal": release_id },
-        ] },
-        SCRATCH: "$$REMOVE",
-    };
-    if hand_over {
-        let live = format!("${SCRATCH}.live");
-        second.insert(QUEUE, doc! { "$let": {
-            "vars": { "q": { "$cond": [&granted, { "$slice": [&live, 1, MAX_QUEUE] }, &live] } },
-            "in": { "$cond": [{ "$eq": [{ "$size": "$$q" }, 0] }, "$$REMOVE", "$$q"] },
-        } });
-    }
-    UpdateModifications::Pipeline(vec![first, doc! { "$set": second }])
+    // The Python package's lease end follows ours, set in the stage before.
+    let third = doc! { "$set": { PY_EXPIRE: field(EXPIRES_AT) } };
+    vec![first, doc! { "$set": second }, third]
 }
 
 #[cfg(test)]
