@@ -436,3 +436,96 @@ impl tracing::Subscriber for WaitSignal {
 
     fn exit(&self, _: &tracing::span::Id) {}
 }
+
+/// The commands a client sent, as `started` and `succeeded` events, for
+/// tests that count round trips or wait for a client to reach a point.
+#[derive(Clone, Default)]
+pub struct Commands {
+    events: std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+    delivered: std::sync::Arc<std::sync::Mutex<usize>>,
+    changed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Commands {
+    /// A lock on `collection` through a client of its own whose commands
+    /// are recorded.
+    pub async fn lock(collection: &Collection<Document>) -> (MongoLock, Self) {
+        use mongodb::event::{command::CommandEvent, EventHandler};
+        let commands = Self::default();
+        let mut options = mongodb::options::ClientOptions::parse(server_uri().unwrap())
+            .await
+            .unwrap();
+        let record = commands.clone();
+        options.command_event_handler = Some(EventHandler::callback(move |event| {
+            let entry = match event {
+                CommandEvent::Started(e) => (e.command_name, false),
+                CommandEvent::Succeeded(e) => {
+                    let batch = e
+                        .reply
+                        .get_document("cursor")
+                        .and_then(|c| c.get_array("nextBatch"))
+                        .map_or(0, Vec::len);
+                    *record.delivered.lock().unwrap() += batch;
+                    (e.command_name, true)
+                }
+                _ => return,
+            };
+            record.events.lock().unwrap().push(entry);
+            record.changed.notify_waiters();
+        }));
+        let client = mongodb::Client::with_options(options).unwrap();
+        let namespace = collection.namespace();
+        let lock =
+            MongoLock::with_collection(client.database(&namespace.db).collection(&namespace.coll));
+        (lock, commands)
+    }
+
+    /// The names of the commands started, in order.
+    pub fn started(&self) -> Vec<String> {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|e| !e.1)
+            .map(|e| e.0.clone())
+            .collect()
+    }
+
+    /// How many `name` commands were started, and how many succeeded.
+    pub fn count(&self, name: &str) -> (usize, usize) {
+        let events = self.events.lock().unwrap();
+        let of = |done: bool| events.iter().filter(|e| e.0 == name && e.1 == done).count();
+        (of(false), of(true))
+    }
+
+    /// How many documents `getMore` replies brought: for a change stream,
+    /// the events it was sent.
+    pub fn delivered(&self) -> usize {
+        *self.delivered.lock().unwrap()
+    }
+
+    /// Forgets what was recorded.
+    pub fn clear(&self) {
+        self.events.lock().unwrap().clear();
+    }
+
+    /// Resolves once `reached` holds for what was recorded.
+    pub async fn until(&self, reached: impl Fn(&Self) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if reached(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Resolves once a waiter of this client is asleep with its change
+    /// stream open, after `attempts` lock attempts (`findAndModify`) have
+    /// been answered: from then on it hears of releases.
+    pub async fn until_listening(&self, attempts: usize) {
+        self.until(|c| c.count("findAndModify").1 >= attempts && c.count("getMore").0 >= 1)
+            .await;
+    }
+}

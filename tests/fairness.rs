@@ -3,13 +3,12 @@
 //! until its entry lapses.
 
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::Collection;
 use mongolock::{Backoff, MongoLock};
-use mongolock_suite::{server_uri, waiting_signal};
+use mongolock_suite::{server_uri, Commands};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
@@ -198,42 +197,20 @@ async fn a_single_attempt_respects_the_queue_without_joining_it() {
     assert!(queue(&coll).await.is_empty());
 }
 
-/// A lock whose client records the name of every command it sends.
-async fn recorded_lock(coll: &Collection<Document>) -> (MongoLock, Arc<Mutex<Vec<String>>>) {
-    use mongodb::event::{command::CommandEvent, EventHandler};
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut options = mongodb::options::ClientOptions::parse(server_uri().unwrap())
-        .await
-        .unwrap();
-    let record = seen.clone();
-    options.command_event_handler = Some(EventHandler::callback(move |event| {
-        if let CommandEvent::Started(started) = event {
-            record.lock().unwrap().push(started.command_name);
-        }
-    }));
-    let client = mongodb::Client::with_options(options).unwrap();
-    let lock = MongoLock::with_collection(
-        client
-            .database(&coll.namespace().db)
-            .collection(&coll.namespace().coll),
-    );
-    (lock, seen)
-}
-
 #[tokio::test]
 async fn an_uncontended_fair_acquisition_is_one_round_trip_and_opens_no_stream() {
     if std::env::var(ROLE).is_ok() {
         return;
     }
     let coll = mongolock_suite::fresh_collection("fifo_uncontended").await;
-    let (lock, seen) = recorded_lock(&coll).await;
+    let (lock, commands) = Commands::lock(&coll).await;
     // The first use also sets up the TTL index.
     lock.acquire("warm").await.unwrap().release().await.unwrap();
-    seen.lock().unwrap().clear();
+    commands.clear();
     let guard = lock.acquire("job").fair(true).timeout(WAIT).await.unwrap();
     assert!(guard.release().await.unwrap());
     assert_eq!(
-        *seen.lock().unwrap(),
+        commands.started(),
         ["findAndModify", "findAndModify"],
         "acquire and release, one command each, and no change stream"
     );
@@ -276,7 +253,7 @@ async fn waiters_that_give_up_leave_the_queue() {
 }
 
 /// A holder of `job` in `coll` releases it once a waiter in another
-/// `MongoLock` (built from the recorded one by `waiter`, asking for
+/// `MongoLock` (built from a recorded one by `waiter`, asking for
 /// `expires`) listens for releases. Returns the holder, its token, and the
 /// waiter's guard, checked to be handed over: the waiter sent no command to
 /// take it.
@@ -286,7 +263,7 @@ async fn handed_over(
     expires: Duration,
 ) -> (MongoLock, i64, mongolock::LockGuard) {
     let holder = MongoLock::with_collection(coll.clone());
-    let (recorded, seen) = recorded_lock(coll).await;
+    let (recorded, commands) = Commands::lock(coll).await;
     let waiter = waiter(recorded);
     waiter
         .acquire("warm")
@@ -295,27 +272,22 @@ async fn handed_over(
         .release()
         .await
         .unwrap();
+    commands.clear();
     let guard = holder.acquire("job").await.unwrap();
-    let (_trace, waiting) = waiting_signal();
     let task =
         tokio::spawn(async move { waiter.acquire("job").expires(expires).timeout(WAIT).await });
-    // It sleeps once after finding the lock taken, and once more after its
-    // change stream opened (which makes every waiter look again): from then
-    // on it hears of releases.
-    waiting.notified().await;
-    waiting.notified().await;
-    let writes = || {
-        seen.lock()
-            .unwrap()
-            .iter()
-            .filter(|c| *c == "findAndModify")
-            .count()
-    };
-    let before = writes();
+    // Its attempt that found the lock taken, and the one after its change
+    // stream opened (which makes every waiter look again).
+    commands.until_listening(2).await;
+    let before = commands.count("findAndModify").0;
     let first = guard.token();
     assert!(guard.release().await.unwrap());
     let next = task.await.unwrap().unwrap();
-    assert_eq!(writes(), before, "the head sent a command to take it");
+    assert_eq!(
+        commands.count("findAndModify").0,
+        before,
+        "the head sent a command to take it"
+    );
     (holder, first, next)
 }
 

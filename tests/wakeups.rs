@@ -139,3 +139,38 @@ async fn credentials_never_show_in_debug_output() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn a_waiter_outside_the_queue_hears_of_releases_on_a_stream_opened_for_queued_ones() {
+    let holders = fresh_lock("widen").await;
+    // The waiters' process: its stream first opens for a queued waiter,
+    // which is not told of releases that leave no queue.
+    let (waiters, commands) = mongolock_suite::Commands::lock(holders.collection()).await;
+    let lease = Duration::from_secs(120);
+    let a = holders.acquire("a").expires(lease).await.unwrap();
+    let b = holders.acquire("b").expires(lease).await.unwrap();
+    let queued = tokio::spawn({
+        let waiters = waiters.clone();
+        async move { waiters.acquire("a").timeout(WAIT).await }
+    });
+    // Asleep after its first attempt, and again once the stream opened.
+    commands.until_listening(2).await;
+    // A waiter outside any queue: fair(false) on another key.
+    let unfair = tokio::spawn({
+        let waiters = waiters.clone();
+        async move { waiters.acquire("b").fair(false).timeout(WAIT).await }
+    });
+    commands.until_listening(3).await;
+    let delivered = commands.delivered();
+    assert!(b.release().await.unwrap());
+    // The waiters' process is told of the release.
+    let told = commands.until(|c| c.delivered() > delivered);
+    tokio::time::timeout(WAIT, told)
+        .await
+        .expect("the release that left no queue was not delivered");
+    let got = unfair.await.unwrap().unwrap();
+    assert!(got.release().await.unwrap());
+    assert!(a.release().await.unwrap());
+    let next = queued.await.unwrap().unwrap();
+    assert!(next.release().await.unwrap());
+}

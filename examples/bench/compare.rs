@@ -506,7 +506,7 @@ pub async fn stream_cost(env: &Env, streams: usize) -> Result<(Duration, Duratio
     for _ in 0..streams {
         let mut stream = collection
             .watch()
-            .pipeline(mongolock::__private::raw::release_events("bench"))
+            .pipeline(mongolock::__private::raw::release_events("bench", true))
             .full_document(mongodb::options::FullDocumentType::UpdateLookup)
             .await?;
         tasks.push(tokio::spawn(async move {

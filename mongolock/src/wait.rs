@@ -183,6 +183,8 @@ impl MongoLock {
                     failures = 0;
                     if place.position.is_some() {
                         queued_at = Some(start);
+                    } else {
+                        self.wakeups().widen();
                     }
                     if now >= deadline {
                         return Ok(Attempt::Busy(holder, place));

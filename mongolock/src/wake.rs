@@ -3,11 +3,10 @@
 //! faster and cheaper; correctness never depends on it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::options::FullDocumentType;
 use mongodb::Collection;
@@ -52,6 +51,12 @@ pub(crate) struct Wakeups {
     /// carries it is this process's to act on.
     tag: String,
     next_id: AtomicU64,
+    /// Whether a waiter here may wait outside any queue (unfair, or a full
+    /// queue): only then does the stream pass releases that leave no queue.
+    /// Once set, it stays.
+    wide: AtomicBool,
+    /// Tells the stream task to reopen with the wide filter.
+    widen: Arc<Notify>,
 }
 
 /// The waiters of one key.
@@ -146,6 +151,20 @@ impl Wakeups {
             shutdown: watch::Sender::new(()),
             tag: format!("{:016x}", rand::random::<u64>()),
             next_id: AtomicU64::new(0),
+            wide: AtomicBool::new(false),
+            widen: Arc::new(Notify::new()),
+        }
+    }
+
+    /// A waiter here found the lock taken without being queued: from now on
+    /// the stream also passes releases that leave no queue, which it needs
+    /// to hear of. (A queued waiter is woken by the releases that hand it
+    /// the lock or leave it first in the queue; the others would only cost
+    /// every process with a stream open one event per release.) An open
+    /// stream is reopened where it stood, so no release is missed.
+    pub(crate) fn widen(&self) {
+        if !self.wide.swap(true, Ordering::AcqRel) {
+            self.widen.notify_one();
         }
     }
 
@@ -180,6 +199,7 @@ impl Wakeups {
                 wakeups: Arc::downgrade(self),
                 collection: collection.clone(),
                 shutdown: self.shutdown.subscribe(),
+                widen: self.widen.clone(),
                 _alive: TaskAlive(Arc::downgrade(self)),
             };
             tokio::spawn(task.run());
@@ -403,6 +423,7 @@ struct StreamTask {
     wakeups: std::sync::Weak<Wakeups>,
     collection: Collection<Document>,
     shutdown: watch::Receiver<()>,
+    widen: Arc<Notify>,
     /// Part of the task from its creation, so that it is dropped also with
     /// a task that a runtime shutting down never polled.
     _alive: TaskAlive,
@@ -411,8 +432,8 @@ struct StreamTask {
 /// The events after which a waiter of the process tagged `tag` may take a
 /// lock: a release (which sets `locked: false`, as the Python package's does
 /// too; `force_release` also during a minimum hold) and a deleted document,
-/// and of the releases only those that leave no queue or one headed by
-/// this process; and the releases that handed the lock over to a waiter of
+/// and of the releases only those that leave a queue headed by this process
+/// or (if `wide`, for waiters outside any queue) no queue; and the releases that handed the lock over to a waiter of
 /// this process (their release id ends in its tag), whose looked-up
 /// document tells that waiter its lock. Acquisitions, takeovers, renewals
 /// and queue updates wake nobody: a waiter could not take the lock after
@@ -425,8 +446,12 @@ struct StreamTask {
 /// document as the stream looks it up (`updateLookup`), which may be a
 /// little later than the release: at worst a waiter is woken whose turn
 /// has just passed, and finds the lock taken.
-pub fn release_events(tag: &str) -> Vec<Document> {
+pub fn release_events(tag: &str, wide: bool) -> Vec<Document> {
     let handed_here = doc! { "$regex": format!("{GRANTED_TO}{tag}$") };
+    let mut whose_turn = vec![doc! { format!("fullDocument.{QUEUE}.0.{PROCESS}"): tag }];
+    if wide {
+        whose_turn.push(doc! { format!("fullDocument.{QUEUE}.0"): { "$exists": false } });
+    }
     vec![
         doc! { "$match": { "$or": [
             { "operationType": "delete" },
@@ -435,10 +460,7 @@ pub fn release_events(tag: &str) -> Vec<Document> {
                     { format!("updateDescription.updatedFields.{PY_LOCKED}"): false },
                     { "operationType": "replace", format!("fullDocument.{PY_LOCKED}"): false },
                 ] },
-                { "$or": [
-                    { format!("fullDocument.{QUEUE}.0"): { "$exists": false } },
-                    { format!("fullDocument.{QUEUE}.0.{PROCESS}"): tag },
-                ] },
+                { "$or": whose_turn },
             ] },
             { format!("updateDescription.updatedFields.{RELEASE_ID}"): &handed_here },
             { "operationType": "replace", format!("fullDocument.{RELEASE_ID}"): &handed_here },
@@ -473,14 +495,18 @@ impl StreamTask {
         // Where to pick up after a broken stream, so that no release between
         // the break and the reopen goes unseen.
         let mut resume = None;
-        let Some(wakeups_tag) = self.wakeups.upgrade().map(|w| w.tag.clone()) else {
-            return;
-        };
         loop {
+            let Some((tag, wide)) = self
+                .wakeups
+                .upgrade()
+                .map(|w| (w.tag.clone(), w.wide.load(Ordering::Acquire)))
+            else {
+                return;
+            };
             let opened = self
                 .collection
                 .watch()
-                .pipeline(release_events(&wakeups_tag))
+                .pipeline(release_events(&tag, wide))
                 .full_document(FullDocumentType::UpdateLookup)
                 .max_await_time(MAX_AWAIT)
                 .resume_after(resume.clone())
@@ -510,17 +536,26 @@ impl StreamTask {
             };
             wakeups.set_status(OPEN);
             drop(wakeups);
+            let mut widened = false;
             loop {
+                // One `getMore` at a time (`next_if_any`), so that between
+                // them the stream can say where it stands, also past events
+                // the filter dropped: a stream reopened from there misses
+                // nothing and replays nothing. (A `getMore` cut short
+                // leaves the stream unusable, so it is dropped then.)
                 let event = tokio::select! {
-                    event = stream.next() => event,
+                    event = stream.next_if_any() => event,
                     _ = self.shutdown.changed() => return,
+                    _ = self.widen.notified(), if !wide => {
+                        widened = true;
+                        break;
+                    }
                 };
                 let Some(wakeups) = self.wakeups.upgrade() else {
                     return;
                 };
                 match event {
-                    Some(Ok(event)) => {
-                        resume = Some(event.id.clone());
+                    Ok(Some(event)) => {
                         if let Some(key) = event
                             .document_key
                             .as_ref()
@@ -541,18 +576,22 @@ impl StreamTask {
                             wakeups.event(key, release_id, event.full_document.as_ref());
                         }
                     }
-                    Some(Err(error)) => {
+                    Ok(None) => {}
+                    Err(error) => {
                         tracing::debug!(%error, "mongolock: change stream failed; reopening");
                         wakeups.set_status(DOWN);
                         break;
                     }
-                    None => {
-                        wakeups.set_status(DOWN);
-                        break;
-                    }
+                }
+                resume = stream.resume_token().or(resume);
+                if !stream.is_alive() {
+                    wakeups.set_status(DOWN);
+                    break;
                 }
             }
-            if self.pause().await {
+            // Widening reopens at once, where the stream stood, and waiters
+            // go on counting on it meanwhile.
+            if !widened && self.pause().await {
                 return;
             }
         }
