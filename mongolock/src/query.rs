@@ -281,7 +281,7 @@ pub(crate) fn touch_pipeline(lease_millis: i64) -> Vec<Document> {
 /// lease from the server's now, but never past its queue entry's expiry, so
 /// a head that died while queued holds the lock no longer than its entry
 /// would have held the queue up. The release id then names the head's
-/// process after [`GRANTED_TO`]. Lapsed entries are dropped.
+/// process after an `@`. Lapsed entries are dropped.
 ///
 /// Otherwise the lock is left free. Without a minimum hold and without
 /// `hand_over` that is a plain operator update (no pipeline): the lease ends
