@@ -101,8 +101,9 @@ pub(crate) struct Renewal {
 
 impl Renewal {
     /// Extends the lease at `first`, then every `interval` (unless `once`)
-    /// until the task is aborted or the lease is lost. Failed renewals are retried with backoff while the
-    /// lease lasts; only a foreign holder or a passed deadline loses it.
+    /// until the task is aborted or the lease is lost. Failed renewals are
+    /// retried with backoff while the lease lasts; only a foreign holder or
+    /// a passed deadline loses it.
     pub(crate) fn spawn(self, state: Arc<Lease>) -> JoinHandle<()> {
         tokio::spawn(async move { self.run(&state).await })
     }

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, IndexModel};
 
@@ -591,15 +591,12 @@ impl MongoLock {
                 filter,
                 query::release_update(min_hold_millis, local.id(), hand_over),
             )
-            .projection(doc! {
-                query::QUEUE: 1,
-                query::RELEASE_ID: 1,
-                query::OWNER: 1,
-                query::CLAIM: 1,
-                query::TOKEN: 1,
-                query::ACQUIRED_AT: 1,
-                query::EXPIRES_AT: 1,
-            })
+            .projection(
+                query::RELEASE_VIEW
+                    .iter()
+                    .map(|f| ((*f).to_owned(), Bson::Int32(1)))
+                    .collect(),
+            )
             .return_document(mongodb::options::ReturnDocument::After);
         let released = self
             .bounded(key, self.operation_timeout(), async { Ok(update.await?) })

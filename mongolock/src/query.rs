@@ -39,6 +39,17 @@ pub(crate) const QUEUE: &str = "queue";
 pub(crate) const RELEASE_ID: &str = "release_id";
 /// Separates a release id from the tag of the process it handed over to.
 pub(crate) const GRANTED_TO: &str = "@";
+/// What a release's reply and its change event carry: who holds the lock
+/// now (after a handover) and whose turn it is.
+pub(crate) const RELEASE_VIEW: [&str; 7] = [
+    QUEUE,
+    RELEASE_ID,
+    OWNER,
+    CLAIM,
+    TOKEN,
+    ACQUIRED_AT,
+    EXPIRES_AT,
+];
 /// Queue entry fields.
 pub(crate) const WAITER: &str = "w";
 pub(crate) const PROCESS: &str = "p";

@@ -15,8 +15,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::info::LockInfo;
 use crate::query::{
-    ACQUIRED_AT, CLAIM, EXPIRES_AT, GRANTED_TO, OWNER, PROCESS, PY_LOCKED, QUEUE, RELEASE_ID,
-    TOKEN, WAITER,
+    CLAIM, GRANTED_TO, PROCESS, PY_LOCKED, QUEUE, RELEASE_ID, RELEASE_VIEW, WAITER,
 };
 
 /// How long to wait before reopening a broken stream.
@@ -448,6 +447,15 @@ struct StreamTask {
 /// has just passed, and finds the lock taken.
 pub fn release_events(tag: &str, wide: bool) -> Vec<Document> {
     let handed_here = doc! { "$regex": format!("{GRANTED_TO}{tag}$") };
+    let mut project = doc! {
+        "operationType": 1,
+        "documentKey": 1,
+        "updateDescription": 1,
+        "fullDocument._id": 1,
+    };
+    for field in RELEASE_VIEW {
+        project.insert(format!("fullDocument.{field}"), 1);
+    }
     let mut whose_turn = vec![doc! { format!("fullDocument.{QUEUE}.0.{PROCESS}"): tag }];
     if wide {
         whose_turn.push(doc! { format!("fullDocument.{QUEUE}.0"): { "$exists": false } });
@@ -465,19 +473,7 @@ pub fn release_events(tag: &str, wide: bool) -> Vec<Document> {
             { format!("updateDescription.updatedFields.{RELEASE_ID}"): &handed_here },
             { "operationType": "replace", format!("fullDocument.{RELEASE_ID}"): &handed_here },
         ] } },
-        doc! { "$project": {
-            "operationType": 1,
-            "documentKey": 1,
-            "updateDescription": 1,
-            "fullDocument._id": 1,
-            format!("fullDocument.{QUEUE}"): 1,
-            format!("fullDocument.{RELEASE_ID}"): 1,
-            format!("fullDocument.{OWNER}"): 1,
-            format!("fullDocument.{CLAIM}"): 1,
-            format!("fullDocument.{TOKEN}"): 1,
-            format!("fullDocument.{ACQUIRED_AT}"): 1,
-            format!("fullDocument.{EXPIRES_AT}"): 1,
-        } },
+        doc! { "$project": project },
     ]
 }
 
@@ -609,6 +605,7 @@ impl StreamTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::{EXPIRES_AT, OWNER, TOKEN};
     use futures_util::FutureExt;
 
     /// A collection handle that is never used: the client connects lazily.
