@@ -376,67 +376,6 @@ impl Witness {
     }
 }
 
-/// Signals each time a mongolock waiter on this thread goes to sleep (its
-/// `mongolock waiting` trace event): the moment a test may release a lock
-/// to check that the waiter hears of it. Holds while the guard lives; use it
-/// from a current-thread runtime (the default of `#[tokio::test]`), whose
-/// tasks all run on this thread.
-pub fn waiting_signal() -> (
-    tracing::subscriber::DefaultGuard,
-    std::sync::Arc<tokio::sync::Notify>,
-) {
-    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
-    let subscriber = WaitSignal {
-        notify: notify.clone(),
-        next_span: std::sync::atomic::AtomicU64::new(1),
-    };
-    (tracing::subscriber::set_default(subscriber), notify)
-}
-
-struct WaitSignal {
-    notify: std::sync::Arc<tokio::sync::Notify>,
-    next_span: std::sync::atomic::AtomicU64,
-}
-
-struct Message(String);
-
-impl tracing::field::Visit for Message {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
-    }
-}
-
-impl tracing::Subscriber for WaitSignal {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        let id = self
-            .next_span
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::span::Id::from_u64(id)
-    }
-
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        if message.0 == "mongolock waiting" {
-            self.notify.notify_one();
-        }
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 /// The commands a client sent, as `started` and `succeeded` events, for
 /// tests that count round trips or wait for a client to reach a point.
 #[derive(Clone, Default)]

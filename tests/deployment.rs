@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 use mongolock::{mongo_locked, Error, MongoLock};
-use mongolock_suite::{fresh_collection, fresh_lock, waiting_signal, FaultServer};
+use mongolock_suite::{fresh_collection, fresh_lock, Commands, FaultServer};
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -393,7 +393,7 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
 async fn force_release_during_a_minimum_hold_wakes_a_waiter_elsewhere() {
     let collection = fresh_collection("force_release_wakes").await;
     let holder = MongoLock::with_collection(collection.clone());
-    let waiter = MongoLock::with_collection(collection.clone());
+    let (waiter, commands) = Commands::lock(&collection).await;
     let admin = MongoLock::with_collection(collection);
     let guard = holder
         .acquire("job")
@@ -401,9 +401,9 @@ async fn force_release_during_a_minimum_hold_wakes_a_waiter_elsewhere() {
         .await
         .unwrap();
     assert!(guard.release().await.unwrap());
-    let (_trace, waiting) = waiting_signal();
     let waited = tokio::spawn(async move { waiter.acquire("job").timeout(WAIT).await });
-    waiting.notified().await;
+    // The waiter found the lock held (for the minimum hold's 60 s).
+    commands.until(|c| c.count("findAndModify").1 >= 1).await;
     assert!(admin.force_release("job").await.unwrap());
     let guard = waited.await.unwrap().unwrap();
     assert!(guard.release().await.unwrap());
