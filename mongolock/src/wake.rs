@@ -69,6 +69,15 @@ struct KeyWaiters {
     own_releases: VecDeque<String>,
 }
 
+impl KeyWaiters {
+    /// The fair waiter queued with `claim`, if it is still here.
+    fn queued_as(&mut self, claim: &str) -> Option<&mut Waiter> {
+        self.waiters
+            .iter_mut()
+            .find(|w| w.claim.as_deref() == Some(claim))
+    }
+}
+
 #[derive(Debug)]
 struct Waiter {
     id: u64,
@@ -287,12 +296,12 @@ impl Wakeups {
             self.wake(key, Head::of(doc).as_ref());
             return;
         };
-        // Only the document as that very release left it says who holds the
-        // lock now; a later one (looked up after another release) is old news.
-        let current = doc.filter(|d| d.get_str(RELEASE_ID).ok() == release_id);
         if process != self.tag {
             return;
         }
+        // Only the document as that very release left it says who holds the
+        // lock now; a later one (looked up after another release) is old news.
+        let current = doc.filter(|d| d.get_str(RELEASE_ID).ok() == release_id);
         let Some((claim, info)) = current.and_then(|d| {
             let info = LockInfo::from_document(d).ok()?;
             Some((d.get_str(CLAIM).ok()?, info))
@@ -300,13 +309,10 @@ impl Wakeups {
             return;
         };
         let mut keys = self.keys();
-        let waiter = keys.get_mut(key).and_then(|waiters| {
-            waiters
-                .waiters
-                .iter_mut()
-                .find(|w| w.claim.as_deref() == Some(claim))
-        });
-        match waiter {
+        match keys
+            .get_mut(key)
+            .and_then(|waiters| waiters.queued_as(claim))
+        {
             Some(waiter) => {
                 tracing::trace!(key, "mongolock handing the lock over to a waiter");
                 waiter.handed_over = Some(info);
@@ -321,18 +327,17 @@ impl Wakeups {
     /// is this process's (or, gone, the oldest waiter here); nobody if the
     /// head is another process's; the oldest waiter if there is no queue.
     fn wake(&self, key: &str, head: Option<&Head>) {
-        let keys = self.keys();
-        let Some(waiters) = keys.get(key) else {
+        let mut keys = self.keys();
+        let Some(waiters) = keys.get_mut(key) else {
             return;
         };
         let chosen = match head {
             Some(head) if head.process != self.tag => return,
-            Some(head) => waiters
-                .waiters
-                .iter()
-                .find(|w| w.claim.as_deref() == Some(head.waiter.as_str()))
-                .or_else(|| waiters.waiters.first()),
-            None => waiters.waiters.first(),
+            Some(head) => match waiters.queued_as(&head.waiter) {
+                Some(waiter) => Some(waiter),
+                None => waiters.waiters.first_mut(),
+            },
+            None => waiters.waiters.first_mut(),
         };
         if let Some(waiter) = chosen {
             tracing::trace!(key, "mongolock waking a waiter");
