@@ -10,7 +10,9 @@ Speaks the line protocol of `examples/bench.rs` on standard input/output:
                              released (in the background: the peer keeps
                              answering meanwhile)
     CONTEND key n secs    -> waits for GO, then n threads take and release
-                             key for secs seconds -> LATENCIES count us,us,...
+                             key for secs seconds -> LATENCIES count
+                             us:at:worker,... (each acquisition's wait, the
+                             epoch us it got the lock, and which thread)
     IDLE key n secs       -> n threads wait on key (held elsewhere); after a
                              settling time, counts commands for secs seconds
                              -> IDLE commands
@@ -96,15 +98,16 @@ def main():
             end = time.monotonic() + secs
             samples = []
 
-            def work():
+            def work(worker):
                 owner = uuid.uuid4().hex
                 while time.monotonic() < end:
                     start = time.monotonic()
                     if lock.lock(key, owner, timeout=120, expire=60):
-                        samples.append(int((time.monotonic() - start) * 1_000_000))
+                        waited = int((time.monotonic() - start) * 1_000_000)
+                        samples.append(f"{waited}:{now_us()}:{worker}")
                         lock.release(key, owner)
 
-            workers = [threading.Thread(target=work) for _ in range(threads)]
+            workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
             for w in workers:
                 w.start()
             for w in workers:

@@ -260,11 +260,24 @@ pub fn server_uri() -> Result<String, String> {
             return Ok(uri);
         }
     }
+    shared_server().map(|s| s.uri.clone())
+}
+
+/// The process id of [`server_uri`]'s server when it is the local one this
+/// process started (to read its CPU time), `None` with `MONGODB_URI`.
+pub fn server_pid() -> Option<u32> {
+    match std::env::var("MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => None,
+        _ => shared_server().ok().map(LocalServer::pid),
+    }
+}
+
+/// The local server shared by this process's callers, started on first use.
+fn shared_server() -> Result<&'static LocalServer, String> {
     static SERVER: OnceLock<Result<LocalServer, String>> = OnceLock::new();
     SERVER
         .get_or_init(|| LocalServer::start(&[]))
         .as_ref()
-        .map(|s| s.uri.clone())
         .map_err(Clone::clone)
 }
 

@@ -130,28 +130,44 @@ pub struct Env {
     pub db: String,
     /// The Python with the Python package installed, if there is one.
     pub python: Option<String>,
+    /// The server's process, when it is the local one (to read its CPU time).
+    pub server_pid: Option<u32>,
+}
+
+impl Env {
+    /// CPU time the server's process has used so far (Linux `/proc`), if it
+    /// is local.
+    fn server_cpu(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.server_pid?)).ok()?;
+        // Fields after the command name, which is in parentheses: utime and
+        // stime are the 12th and 13th, in clock ticks (100 per second).
+        let rest = stat.rsplit_once(')')?.1;
+        let mut fields = rest.split_whitespace().skip(11);
+        let ticks: u64 =
+            fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+        Some(Duration::from_millis(ticks * 10))
+    }
 }
 
 /// One-worker cycle: acquisitions+releases per second by one worker.
-pub async fn cycle(kind: Kind, env: &Env) -> Result<f64> {
-    let contended = contend(kind, env, 1, 1).await?;
-    Ok(contended.rate)
+pub async fn cycle(kind: Kind, env: &Env) -> Result<Contended> {
+    contend(kind, env, 1, 1).await
 }
 
-/// Handoff to `waiters` waiters in other processes: from the start of the
-/// holder's release to the first waiter's acquisition, by the machine's
-/// clock shared by all processes.
+/// Handoff to `waiters` waiters in `processes` other processes: from the
+/// start of the holder's release to the first waiter's acquisition, by the
+/// machine's clock shared by all processes.
 ///
 /// Also counts the commands every peer sends from just before the release
 /// until the last waiter has taken and released the lock, per handoff:
 /// each round hands the lock on `waiters` times (the last release has no
 /// waiter to go to, and is counted with the rest).
-pub async fn handoff(kind: Kind, env: &Env, waiters: usize) -> Result<Handoffs> {
+pub async fn handoff(kind: Kind, env: &Env, waiters: usize, processes: usize) -> Result<Handoffs> {
     const ROUNDS: usize = 15;
-    let collection = format!("handoff_{}_{waiters}", kind.slug());
+    let collection = format!("handoff_{}_{waiters}_{processes}", kind.slug());
     let mut holder = Peer::spawn(kind, env, &collection).await?;
     let mut peers = Vec::new();
-    for _ in 0..waiters {
+    for _ in 0..processes {
         peers.push(Peer::spawn(kind, env, &collection).await?);
     }
     let mut samples = Vec::new();
@@ -160,8 +176,10 @@ pub async fn handoff(kind: Kind, env: &Env, waiters: usize) -> Result<Handoffs> 
         let key = format!("k{round}");
         holder.send(&format!("HOLD {key}")).await?;
         holder.expect("HELD").await?;
-        for peer in &mut peers {
-            peer.send(&format!("WAIT {key}")).await?;
+        for waiter in 0..waiters {
+            peers[waiter % processes]
+                .send(&format!("WAIT {key}"))
+                .await?;
         }
         // Let every waiter find the lock taken and settle; a random hold
         // keeps the release out of step with any polling period.
@@ -171,10 +189,22 @@ pub async fn handoff(kind: Kind, env: &Env, waiters: usize) -> Result<Handoffs> 
         holder.send(&format!("RELEASE {key}")).await?;
         let released: u128 = holder.expect("RELEASED").await?[1].parse()?;
         let mut first = u128::MAX;
-        for peer in &mut peers {
-            let at: u128 = peer.expect("ACQUIRED").await?[1].parse()?;
-            first = first.min(at);
-            peer.expect("DONE").await?;
+        for (p, peer) in peers.iter_mut().enumerate() {
+            // Its waiters' lines, in whatever order they interleave.
+            let mine = (waiters + processes - 1 - p) / processes;
+            let (mut acquired, mut done) = (0, 0);
+            while acquired < mine || done < mine {
+                let words = peer.expect("").await?;
+                match words.first().map(String::as_str) {
+                    Some("ACQUIRED") => {
+                        acquired += 1;
+                        first = first.min(words.get(2).ok_or("ACQUIRED key at")?.parse()?);
+                    }
+                    Some("DONE") => done += 1,
+                    Some("FAILED") => return Err(format!("peer: {}", words.join(" ")).into()),
+                    _ => {}
+                }
+            }
         }
         samples.push(Duration::from_micros(first.saturating_sub(released) as u64));
         let after = total_commands(&mut holder, &mut peers).await?;
@@ -215,6 +245,11 @@ async fn total_commands(holder: &mut Peer, peers: &mut [Peer]) -> Result<(u64, u
 /// `workers` workers on one key, spread over `processes` processes.
 pub struct Contended {
     pub rate: f64,
+    /// Acquisitions/s by another worker than the previous holder: the rate
+    /// at which the lock changes hands.
+    pub handoff_rate: f64,
+    /// The server process's CPU time per acquisition, when it is local.
+    pub server_cpu: Option<Duration>,
     pub latencies: Vec<Duration>,
     pub commands_per_acquisition: f64,
     /// The same without `getMore`s that came back empty.
@@ -238,18 +273,34 @@ pub async fn contend(kind: Kind, env: &Env, workers: usize, processes: usize) ->
             .await?;
         peer.expect("SET").await?;
     }
+    let cpu_before = env.server_cpu();
     for peer in &mut peers {
         peer.send("GO").await?;
     }
     let mut latencies = Vec::new();
-    for peer in &mut peers {
+    let mut order = Vec::new();
+    let mut cpu_after = None;
+    for (p, peer) in peers.iter_mut().enumerate() {
         let words = peer.expect("LATENCIES").await?;
+        // The first peer to answer has worked its window: the server's time
+        // is read then, before the others' replies and commands.
+        cpu_after = cpu_after.or_else(|| env.server_cpu());
         if let Some(list) = words.get(1) {
-            for us in list.split(',') {
-                latencies.push(Duration::from_micros(us.parse()?));
+            for sample in list.split(',') {
+                let mut parts = sample.split(':');
+                let mut next = || parts.next().ok_or("LATENCIES: us:at:worker");
+                latencies.push(Duration::from_micros(next()?.parse()?));
+                let at: u128 = next()?.parse()?;
+                let worker: usize = next()?.parse()?;
+                order.push((at, (p, worker)));
             }
         }
     }
+    // Acquisitions in the order they happened (one machine, one clock):
+    // those by another worker than the one before are handoffs; the rest
+    // are a worker taking the lock again after its own release.
+    order.sort_unstable();
+    let handoffs = order.windows(2).filter(|w| w[0].1 != w[1].1).count();
     let (mut after, mut empty_after) = (0, 0);
     for peer in &mut peers {
         let (commands, empty) = peer.commands().await?;
@@ -262,6 +313,10 @@ pub async fn contend(kind: Kind, env: &Env, workers: usize, processes: usize) ->
     let acquisitions = latencies.len().max(1) as f64;
     Ok(Contended {
         rate: latencies.len() as f64 / window.as_secs_f64(),
+        handoff_rate: handoffs as f64 / window.as_secs_f64(),
+        server_cpu: cpu_before
+            .zip(cpu_after)
+            .map(|(before, after)| (after.saturating_sub(before)).div_f64(acquisitions)),
         commands_per_acquisition: (after - before) as f64 / acquisitions,
         eventful_commands_per_acquisition: ((after - before) - (empty_after - empty_before)) as f64
             / acquisitions,
@@ -304,6 +359,122 @@ fn throughput_target(rates: &[f64], one: f64) -> (String, bool) {
     (text, ours >= 1.2 * poller && ours >= 0.8 * one)
 }
 
+/// One row of the comparison table: a figure per lock, the target, and
+/// whether mongolock meets it.
+fn show(figure: &str, cells: &[String], target: &str, met: Option<bool>) {
+    let met = match met {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    println!("| {figure} | {} | {target} | {met} |", cells.join(" | "));
+}
+
+/// The server's CPU time per acquisition, for each lock, and the rate at
+/// which that would keep its one core busy: a run near that rate is bound
+/// by the server. Nothing is printed without a local server.
+fn server_cpu_row(place: &str, results: &[Contended]) {
+    let Some(cpu) = results
+        .iter()
+        .map(|r| r.server_cpu)
+        .collect::<Option<Vec<_>>>()
+    else {
+        return;
+    };
+    show(
+        &format!("{place}, server CPU per acquisition (the rate that fills one core)"),
+        &cpu.iter()
+            .map(|c| format!("{} ({:.0}/s)", ms(*c), 1.0 / c.as_secs_f64().max(1e-9)))
+            .collect::<Vec<_>>(),
+        "-",
+        None,
+    );
+}
+
+/// The rows of one contention run (`results`, one per lock, mongolock
+/// first): throughput, how often the lock changed hands, acquire latency
+/// against the FIFO bound N x `our_cycle`, and commands per acquisition.
+fn contended_rows(
+    place: &str,
+    workers: usize,
+    results: &mut [Contended],
+    one: f64,
+    our_cycle: Duration,
+) {
+    let rates: Vec<f64> = results.iter().map(|r| r.rate).collect();
+    let (target, met) = throughput_target(&rates, one);
+    show(
+        &format!("{place}, acquisitions/s"),
+        &rates.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>(),
+        &target,
+        Some(met),
+    );
+    let handoffs: Vec<f64> = results.iter().map(|r| r.handoff_rate).collect();
+    show(
+        &format!("{place}, handoffs/s (taken by another worker than the last holder)"),
+        &results
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:.1} ({:.0}%)",
+                    r.handoff_rate,
+                    100.0 * r.handoff_rate / r.rate.max(1e-9)
+                )
+            })
+            .collect::<Vec<_>>(),
+        &format!(
+            "- (the rest: the releaser taking it again; {:.2}x the poller's)",
+            handoffs[0] / handoffs[POLLER].max(1e-9)
+        ),
+        None,
+    );
+    server_cpu_row(place, results);
+    let bound = our_cycle * workers as u32;
+    let mut cells = Vec::new();
+    let mut ours_p99 = Duration::ZERO;
+    for (i, result) in results.iter_mut().enumerate() {
+        let (p50, p99) = (
+            percentile(&mut result.latencies, 0.5),
+            percentile(&mut result.latencies, 0.99),
+        );
+        let worst = percentile(&mut result.latencies, 1.0);
+        if i == 0 {
+            ours_p99 = p99;
+        }
+        cells.push(format!(
+            "{} / {} (worst {:.1}x N x cycle)",
+            ms(p50),
+            ms(p99),
+            worst.as_secs_f64() / bound.as_secs_f64()
+        ));
+    }
+    show(
+        &format!("{place}, acquire p50 / p99"),
+        &cells,
+        &format!(
+            "p99 <= 2x N x cycle = {} ({:.2}x)",
+            ms(bound * 2),
+            ours_p99.as_secs_f64() / bound.as_secs_f64()
+        ),
+        Some(ours_p99 <= bound * 2),
+    );
+    let commands: Vec<String> = results
+        .iter()
+        .map(|r| {
+            format!(
+                "{:.1} ({:.1} without empty getMores)",
+                r.commands_per_acquisition, r.eventful_commands_per_acquisition
+            )
+        })
+        .collect();
+    show(
+        &format!("{place}, server commands per acquisition"),
+        &commands,
+        "<= 3 (without empty getMores, as on mongod)",
+        Some(results[0].eventful_commands_per_acquisition <= 3.0),
+    );
+}
+
 /// The comparison table's rows.
 pub async fn rows(env: &Env) -> Result<()> {
     let mut kinds = vec![Kind::Ours, Kind::OursUnfair, Kind::Poller];
@@ -321,33 +492,36 @@ pub async fn rows(env: &Env) -> Result<()> {
     );
     println!("| figure | {} | target | met |", header.join(" | "));
     println!("|---|{}---|---|", "---|".repeat(kinds.len()));
-    let show = |figure: &str, cells: &[String], target: &str, met: Option<bool>| {
-        let met = match met {
-            Some(true) => "yes",
-            Some(false) => "no",
-            None => "-",
-        };
-        println!("| {figure} | {} | {target} | {met} |", cells.join(" | "));
-    };
 
-    let mut one = Vec::new();
+    let mut ones = Vec::new();
     for &kind in &kinds {
-        one.push(cycle(kind, env).await?);
+        ones.push(cycle(kind, env).await?);
     }
     show(
         "one worker, acquire+release cycles/s",
-        &one.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>(),
+        &ones
+            .iter()
+            .map(|r| format!("{:.1}", r.rate))
+            .collect::<Vec<_>>(),
         "-",
         None,
     );
-    let our_cycle = Duration::from_secs_f64(1.0 / one[0].max(1e-9));
+    server_cpu_row("one worker", &ones);
+    let one = ones[0].rate;
+    let our_cycle = Duration::from_secs_f64(1.0 / one.max(1e-9));
 
-    for waiters in [1, 4] {
+    // 4 waiters in one process as well: one change stream instead of four,
+    // which takes out the test server's per-stream cost of a write.
+    for (waiters, processes) in [(1, 1), (4, 4), (4, 1)] {
+        let place = match processes {
+            1 if waiters > 1 => format!("{waiters} waiters in 1 other process"),
+            _ => format!("{waiters} waiter(s) in other processes"),
+        };
         let mut p50s = Vec::new();
         let mut cells = Vec::new();
         let mut commands = Vec::new();
         for &kind in &kinds {
-            let mut handed = handoff(kind, env, waiters).await?;
+            let mut handed = handoff(kind, env, waiters, processes).await?;
             let samples = &mut handed.samples;
             let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
             p50s.push(p50);
@@ -358,7 +532,7 @@ pub async fn rows(env: &Env) -> Result<()> {
             ));
         }
         show(
-            &format!("handoff to {waiters} waiter(s) in other processes, p50 / p99"),
+            &format!("handoff to {place}, p50 / p99"),
             &cells,
             &format!(
                 "p50 <= poller's ({:.2}x)",
@@ -367,7 +541,7 @@ pub async fn rows(env: &Env) -> Result<()> {
             Some(p50s[0] <= p50s[POLLER]),
         );
         show(
-            &format!("handoff to {waiters} waiter(s), server commands per handoff"),
+            &format!("handoff to {place}, server commands per handoff"),
             &commands
                 .iter()
                 .map(|(all, eventful)| format!("{all:.1} ({eventful:.1} without empty getMores)"))
@@ -382,81 +556,40 @@ pub async fn rows(env: &Env) -> Result<()> {
         for &kind in &kinds {
             results.push(contend(kind, env, workers, 4).await?);
         }
-        let rates: Vec<f64> = results.iter().map(|r| r.rate).collect();
-        let (target, met) = throughput_target(&rates, one[0]);
-        show(
-            &format!("{workers} workers over 4 processes, acquisitions/s"),
-            &rates.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>(),
-            &target,
-            Some(met),
-        );
-        let bound = our_cycle * workers as u32;
-        let mut cells = Vec::new();
-        let mut ours_p99 = Duration::ZERO;
-        for (i, result) in results.iter_mut().enumerate() {
-            let (p50, p99) = (
-                percentile(&mut result.latencies, 0.5),
-                percentile(&mut result.latencies, 0.99),
-            );
-            let worst = percentile(&mut result.latencies, 1.0);
-            if i == 0 {
-                ours_p99 = p99;
-            }
-            cells.push(format!(
-                "{} / {} (worst {:.1}x N x cycle)",
-                ms(p50),
-                ms(p99),
-                worst.as_secs_f64() / bound.as_secs_f64()
-            ));
-        }
-        show(
-            &format!("{workers} workers, acquire p50 / p99"),
-            &cells,
-            &format!(
-                "p99 <= 2x N x cycle = {} ({:.2}x)",
-                ms(bound * 2),
-                ours_p99.as_secs_f64() / bound.as_secs_f64()
-            ),
-            Some(ours_p99 <= bound * 2),
-        );
-        let commands: Vec<String> = results
-            .iter()
-            .map(|r| {
-                format!(
-                    "{:.1} ({:.1} without empty getMores)",
-                    r.commands_per_acquisition, r.eventful_commands_per_acquisition
-                )
-            })
-            .collect();
-        let ours = results[0].eventful_commands_per_acquisition;
-        show(
-            &format!("{workers} workers, server commands per acquisition"),
-            &commands,
-            "<= 3 (without empty getMores, as on mongod)",
-            Some(ours <= 3.0),
-        );
+        let place = format!("{workers} workers over 4 processes");
+        contended_rows(&place, workers, &mut results, one, our_cycle);
     }
 
     // The same code with the test server's per-stream cost taken out: all
     // workers in one process, which has one change stream.
-    let mut rates = Vec::new();
+    let mut results = Vec::new();
     for &kind in &kinds {
-        rates.push(contend(kind, env, 4, 1).await?.rate);
+        results.push(contend(kind, env, 4, 1).await?);
     }
-    let (target, met) = throughput_target(&rates, one[0]);
-    show(
-        "4 workers in one process, acquisitions/s",
-        &rates.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>(),
-        &target,
-        Some(met),
-    );
-    let (without, with) = stream_cost(env, 4).await?;
+    contended_rows("4 workers in one process", 4, &mut results, one, our_cycle);
+    let [without, with, plain] = stream_cost(env, 4).await?;
     println!(
         "\nThe test server's cost of change streams: a write takes {} with no stream open, {} with 4 \
-         (+{} per stream), and every write ends every stream's pending getMore, matching or not.",
+         of ours open (+{} per stream) and {} with 4 plain ones (no pipeline, no lookup), and every \
+         write ends every stream's pending getMore, matching or not.",
         ms(without),
         ms(with),
-        ms(with.saturating_sub(without) / 4)
+        ms(with.saturating_sub(without) / 4),
+        ms(plain)
+    );
+    let costs = queue_cost(env, &[0, 3, 15, 60]).await?;
+    let list = |pick: fn(&(usize, Duration, Duration)) -> Duration| {
+        costs
+            .iter()
+            .map(|c| format!("{} ({} entries)", ms(pick(c)), c.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "The test server's cost of the queue, per write (no stream open): an attempt that joins it takes {}; \
+         a release that hands over takes {}.",
+        list(|c| c.1),
+        list(|c| c.2)
     );
     println!();
 
@@ -480,8 +613,9 @@ pub async fn rows(env: &Env) -> Result<()> {
 }
 
 /// Median time of an `updateOne` with no change stream open on the
-/// collection, and with `streams` open (each waiting in a `getMore`).
-pub async fn stream_cost(env: &Env, streams: usize) -> Result<(Duration, Duration)> {
+/// collection, with `streams` of this crate's streams open (each waiting in
+/// a `getMore`), and with `streams` plain ones (no pipeline, no lookup).
+pub async fn stream_cost(env: &Env, streams: usize) -> Result<[Duration; 3]> {
     use futures_util::StreamExt;
     use mongodb::bson::doc;
 
@@ -502,20 +636,97 @@ pub async fn stream_cost(env: &Env, streams: usize) -> Result<(Duration, Duratio
         Ok::<_, crate::BoxError>(percentile(&mut samples, 0.5))
     };
     let without = time().await?;
-    let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let mut stream = collection
-            .watch()
-            .pipeline(mongolock::__private::raw::release_events("bench", true))
-            .full_document(mongodb::options::FullDocumentType::UpdateLookup)
-            .await?;
-        tasks.push(tokio::spawn(async move {
-            while stream.next().await.is_some() {}
-        }));
+    let mut with = [without; 2];
+    for (plain, figure) in [false, true].into_iter().zip(&mut with) {
+        let mut tasks = Vec::new();
+        for _ in 0..streams {
+            let watch = collection.watch();
+            let mut stream = if plain {
+                watch.await?
+            } else {
+                watch
+                    .pipeline(mongolock::__private::raw::release_events("bench", true))
+                    .full_document(mongodb::options::FullDocumentType::UpdateLookup)
+                    .await?
+            };
+            tasks.push(tokio::spawn(async move {
+                while stream.next().await.is_some() {}
+            }));
+        }
+        *figure = time().await?;
+        for task in tasks {
+            task.abort();
+        }
     }
-    let with = time().await?;
-    for task in tasks {
-        task.abort();
+    Ok([without, with[0], with[1]])
+}
+
+/// Server time of the two writes of a contended fair acquisition, by queue
+/// length: the attempt that joins the queue (lock held) and the release
+/// that hands the lock to the head. Each timed write starts from the same
+/// document, reset between them.
+pub async fn queue_cost(env: &Env, lengths: &[usize]) -> Result<Vec<(usize, Duration, Duration)>> {
+    use mongodb::bson::{doc, DateTime, Document};
+    use mongolock::__private::raw;
+
+    let client = mongodb::Client::with_uri_str(&env.uri).await?;
+    let collection = client
+        .database(&env.db)
+        .collection::<Document>("queue_cost");
+    let far = DateTime::from_millis(DateTime::now().timestamp_millis() + 600_000);
+    let mut out = Vec::new();
+    for &n in lengths {
+        let queue: Vec<Document> = (0..n)
+            .map(|i| doc! { "w": format!("w{i}"), "p": "peer", "exp": far, "o": format!("o{i}"), "l": 60_000_i64 })
+            .collect();
+        let mut held = doc! {
+            "_id": "k", "owner": "holder", "claim": "c", "token": 1_i64,
+            "acquired_at": DateTime::now(), "expires_at": far,
+            "locked": true, "expire": far, "created": DateTime::now(),
+        };
+        if n > 0 {
+            held.insert("queue", queue);
+        }
+        let (mut joins, mut releases) = (Vec::new(), Vec::new());
+        for _ in 0..60 {
+            collection
+                .replace_one(doc! { "_id": "k" }, &held)
+                .upsert(true)
+                .await?;
+            let fair = raw::Queueing {
+                tag: "bench",
+                expiry_millis: 15_000,
+                join: true,
+            };
+            let start = std::time::Instant::now();
+            collection
+                .find_one_and_update(
+                    raw::by_key("k"),
+                    raw::acquire_pipeline("joiner", "j", 60_000, Some(fair)),
+                )
+                .upsert(true)
+                .return_document(mongodb::options::ReturnDocument::After)
+                .await?;
+            joins.push(start.elapsed());
+            collection
+                .replace_one(doc! { "_id": "k" }, &held)
+                .upsert(true)
+                .await?;
+            let start = std::time::Instant::now();
+            collection
+                .find_one_and_update(
+                    raw::by_holder("k", "holder", Some(1)),
+                    raw::release_update(0, "r", true),
+                )
+                .return_document(mongodb::options::ReturnDocument::After)
+                .await?;
+            releases.push(start.elapsed());
+        }
+        out.push((
+            n,
+            percentile(&mut joins, 0.5),
+            percentile(&mut releases, 0.5),
+        ));
     }
-    Ok((without, with))
+    Ok(out)
 }

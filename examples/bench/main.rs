@@ -318,6 +318,7 @@ async fn main() -> Result<()> {
             uri: bench.uri.clone(),
             db: bench.db.clone(),
             python: python(),
+            server_pid: mongolock_suite::server_pid(),
         };
         return compare::rows(&env).await;
     }
@@ -379,6 +380,7 @@ async fn main() -> Result<()> {
         uri: bench.uri.clone(),
         db: bench.db.clone(),
         python: python(),
+        server_pid: mongolock_suite::server_pid(),
     };
     compare::rows(&env).await?;
 

@@ -211,7 +211,10 @@ pub async fn run(kind: &str) -> Result<()> {
                 println!("SET");
                 lines.next_line().await?; // GO
                 let samples = contend(&locker, key, tasks, Duration::from_secs_f64(secs)).await;
-                let list: Vec<String> = samples.iter().map(|d| d.as_micros().to_string()).collect();
+                let list: Vec<String> = samples
+                    .iter()
+                    .map(|s| format!("{}:{}:{}", s.waited.as_micros(), s.at_us, s.worker))
+                    .collect();
                 println!("LATENCIES {} {}", samples.len(), list.join(","));
             }
             ["IDLE", key, tasks, secs] => {
@@ -245,12 +248,21 @@ pub async fn run(kind: &str) -> Result<()> {
     Ok(())
 }
 
-/// `tasks` tasks take and release `key` until `window` has passed; the
-/// time each acquisition took.
-async fn contend(locker: &Locker, key: &str, tasks: usize, window: Duration) -> Vec<Duration> {
+/// One acquisition in a contention run: how long it waited, when it got
+/// the lock (epoch microseconds, comparable across the machine's
+/// processes) and which of the peer's tasks took it.
+pub struct Sample {
+    pub waited: Duration,
+    pub at_us: u128,
+    pub worker: usize,
+}
+
+/// `tasks` tasks take and release `key` until `window` has passed; every
+/// acquisition they made.
+async fn contend(locker: &Locker, key: &str, tasks: usize, window: Duration) -> Vec<Sample> {
     let end = Instant::now() + window;
     let mut handles = Vec::new();
-    for _ in 0..tasks {
+    for worker in 0..tasks {
         let (locker, key) = (locker.clone(), key.to_owned());
         handles.push(tokio::spawn(async move {
             let mut samples = Vec::new();
@@ -259,7 +271,11 @@ async fn contend(locker: &Locker, key: &str, tasks: usize, window: Duration) -> 
                 let Ok(held) = locker.acquire(&key).await else {
                     continue;
                 };
-                samples.push(start.elapsed());
+                samples.push(Sample {
+                    waited: start.elapsed(),
+                    at_us: now_us(),
+                    worker,
+                });
                 let _ = locker.release(held).await;
             }
             samples
