@@ -412,10 +412,12 @@ impl Commands {
             let entry = match event {
                 CommandEvent::Started(e) => (e.command_name, false),
                 CommandEvent::Succeeded(e) => {
-                    let batch = e
-                        .reply
-                        .get_document("cursor")
-                        .and_then(|c| c.get_array("nextBatch"))
+                    // A stream's events come in `getMore` replies, and in
+                    // the `aggregate` reply of one that resumed before them.
+                    let cursor = e.reply.get_document("cursor").ok();
+                    let batch = ["nextBatch", "firstBatch"]
+                        .iter()
+                        .find_map(|name| cursor?.get_array(name).ok())
                         .map_or(0, Vec::len);
                     *record.delivered.lock().unwrap() += batch;
                     (e.command_name, true)
@@ -449,8 +451,8 @@ impl Commands {
         (of(false), of(true))
     }
 
-    /// How many documents `getMore` replies brought: for a change stream,
-    /// the events it was sent.
+    /// How many documents cursor replies brought: for a change stream, the
+    /// events it was sent.
     pub fn delivered(&self) -> usize {
         *self.delivered.lock().unwrap()
     }
