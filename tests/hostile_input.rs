@@ -181,6 +181,17 @@ async fn hostile_durations_are_refused_with_the_option_named() {
         );
     }
     for d in absurd {
+        let r = lock.clone().with_stream_idle_close(d);
+        assert!(
+            matches!(
+                r,
+                Err(Error::InvalidDuration {
+                    what: "stream_idle_close",
+                    ..
+                })
+            ),
+            "{d:?}: {r:?}"
+        );
         let r = lock.acquire("k").timeout(d).await;
         assert!(
             matches!(
@@ -208,6 +219,8 @@ async fn hostile_durations_are_refused_with_the_option_named() {
         .clone()
         .with_cleanup_after(Duration::from_millis(500))
         .is_err());
+    // Zero closes an idle change stream at once; not an error.
+    assert!(lock.clone().with_stream_idle_close(Duration::ZERO).is_ok());
     // A zero timeout is not an error: it is the single attempt.
     let zero = lock.acquire("zero").timeout(Duration::ZERO).await.unwrap();
     zero.release().await.unwrap();

@@ -180,3 +180,33 @@ async fn a_waiter_outside_the_queue_hears_of_releases_on_a_stream_opened_for_que
     assert!(next.release().await.unwrap());
 }
 
+#[tokio::test]
+async fn the_change_stream_closes_once_no_waiter_is_left_and_opens_again_for_the_next() {
+    let holders = fresh_lock("idle_close").await;
+    let (waiters, commands) = mongolock_suite::Commands::lock(holders.collection()).await;
+    let waiters = waiters.with_stream_idle_close(Duration::ZERO).unwrap();
+    for round in 1..=2 {
+        // (The last round's waiter may still be releasing.)
+        let held = holders
+            .acquire("job")
+            .expires(Duration::from_secs(120))
+            .timeout(WAIT)
+            .await
+            .unwrap();
+        let get_mores = commands.count("getMore").0;
+        let got = waiter(&waiters, "job");
+        // This round's stream is open and waiting for events.
+        let listening =
+            commands.until(|c| c.count("aggregate").1 == round && c.count("getMore").0 > get_mores);
+        tokio::time::timeout(WAIT, listening)
+            .await
+            .expect("no change stream opened for the waiter");
+        assert!(held.release().await.unwrap());
+        got.await.expect("the waiter did not get the lock");
+        // Its waiter has left: the stream closes at its next `getMore`.
+        let closed = commands.until(|c| c.count("killCursors").0 == round);
+        tokio::time::timeout(WAIT, closed)
+            .await
+            .expect("the change stream stayed open with no waiter");
+    }
+}

@@ -46,6 +46,10 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`MongoLock::with_queue_expiry`]).
 pub const DEFAULT_QUEUE_EXPIRY: Duration = Duration::from_secs(15);
 
+/// How long a `MongoLock`'s change stream stays open with no waiter, unless
+/// changed with [`MongoLock::with_stream_idle_close`].
+pub const DEFAULT_STREAM_IDLE_CLOSE: Duration = Duration::from_secs(60);
+
 const TTL_INDEX_NAME: &str = "mongolock_expires_at_ttl";
 
 /// A boxed future, the output of every operation builder.
@@ -93,6 +97,7 @@ struct Settings {
     operation_timeout: Duration,
     fair: bool,
     queue_expiry: Duration,
+    stream_idle_close: Duration,
 }
 
 impl Default for Settings {
@@ -105,6 +110,7 @@ impl Default for Settings {
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             fair: true,
             queue_expiry: DEFAULT_QUEUE_EXPIRY,
+            stream_idle_close: DEFAULT_STREAM_IDLE_CLOSE,
         }
     }
 }
@@ -202,6 +208,27 @@ impl MongoLock {
             ..self.inner.settings
         };
         self.with_settings(settings)
+    }
+
+    /// The same locks, with the change stream closed once it has had no
+    /// waiter for `after` (default [`DEFAULT_STREAM_IDLE_CLOSE`]); the next
+    /// waiter that finds a lock taken opens it again. The stream is checked
+    /// each time the server answers one of its `getMore`s, which it does at
+    /// least every 10 s, so it closes between `after` and `after` + 10 s.
+    ///
+    /// An open stream costs the server a cursor (on MongoDB, one that reads
+    /// the oplog) and a `getMore` per 10 s while nothing happens; a
+    /// reopened one costs an `aggregate`, and every waiter then looks at its
+    /// lock once more. `Duration::ZERO` closes it at the first check without
+    /// a waiter. `after` over [`MAX_DURATION`](crate::MAX_DURATION) is an
+    /// [`Error::InvalidDuration`].
+    pub fn with_stream_idle_close(self, after: Duration) -> Result<Self> {
+        validate::bounded("stream_idle_close", after)?;
+        let settings = Settings {
+            stream_idle_close: after,
+            ..self.inner.settings
+        };
+        Ok(self.with_settings(settings))
     }
 
     /// The same locks, with lock documents deleted `after` their lease ended
@@ -330,7 +357,10 @@ impl MongoLock {
                 collection,
                 settings,
                 ttl_index: tokio::sync::OnceCell::new(),
-                wakeups: Arc::new(Wakeups::new(settings.change_streams)),
+                wakeups: Arc::new(Wakeups::new(
+                    settings.change_streams,
+                    settings.stream_idle_close,
+                )),
                 clock: ServerClock::default(),
                 releases: Arc::default(),
             }),

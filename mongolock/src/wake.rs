@@ -56,6 +56,8 @@ pub(crate) struct Wakeups {
     wide: AtomicBool,
     /// Tells the stream task to reopen with the wide filter.
     widen: Arc<Notify>,
+    /// How long the stream stays open with no waiter.
+    idle_close: Duration,
 }
 
 /// The waiters of one key.
@@ -151,7 +153,7 @@ impl Drop for Interest {
 }
 
 impl Wakeups {
-    pub(crate) fn new(enabled: bool) -> Self {
+    pub(crate) fn new(enabled: bool, idle_close: Duration) -> Self {
         Self {
             keys: Mutex::default(),
             status: AtomicU8::new(NOT_STARTED),
@@ -161,6 +163,7 @@ impl Wakeups {
             next_id: AtomicU64::new(0),
             wide: AtomicBool::new(false),
             widen: Arc::new(Notify::new()),
+            idle_close,
         }
     }
 
@@ -179,6 +182,11 @@ impl Wakeups {
     /// This `MongoLock`'s name in queue entries.
     pub(crate) fn tag(&self) -> &str {
         &self.tag
+    }
+
+    /// Whether no waiter is registered, for any key.
+    fn idle(&self) -> bool {
+        self.keys().is_empty()
     }
 
     /// Whether waiters can rely on the stream to hear of releases.
@@ -536,8 +544,11 @@ impl StreamTask {
                 }
             };
             wakeups.set_status(OPEN);
+            let idle_close = wakeups.idle_close;
             drop(wakeups);
             let mut widened = false;
+            // Since when the stream has found no waiter, at each `getMore`.
+            let mut idle_since = None;
             loop {
                 // One `getMore` at a time (`next_if_any`), so that between
                 // them the stream can say where it stands, also past events
@@ -589,6 +600,19 @@ impl StreamTask {
                     wakeups.set_status(DOWN);
                     break;
                 }
+                if !wakeups.idle() {
+                    idle_since = None;
+                } else if idle_since
+                    .get_or_insert_with(tokio::time::Instant::now)
+                    .elapsed()
+                    >= idle_close
+                {
+                    // Ending the task closes the stream and marks it not
+                    // started (`TaskAlive`), which wakes any waiter that
+                    // registered since: it looks again and opens a new one.
+                    tracing::debug!("mongolock: closing the change stream, no waiter left");
+                    return;
+                }
             }
             // Widening reopens at once, where the stream stood, and waiters
             // go on counting on it meanwhile.
@@ -625,7 +649,7 @@ mod tests {
     async fn waiters_recheck_when_the_stream_opens() {
         // A release before the stream is open is heard by nobody: the
         // waiters must look again once it is open, and when it reopens.
-        let wakeups = Arc::new(Wakeups::new(false));
+        let wakeups = Arc::new(Wakeups::new(false, Duration::ZERO));
         let interest = wakeups.subscribe("job", None);
         for status in [OPEN, DOWN, OPEN] {
             let mut woken = std::pin::pin!(interest.notified());
@@ -639,7 +663,7 @@ mod tests {
     /// runtime that shut down before polling it left the stream "open".
     #[test]
     fn stream_that_died_with_its_runtime_is_not_reported_open() {
-        let wakeups = Arc::new(Wakeups::new(true));
+        let wakeups = Arc::new(Wakeups::new(true, Duration::ZERO));
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let _interest = wakeups.subscribe("job", None);
@@ -684,7 +708,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_local_release_wakes_one_waiter_here_not_two() {
-        let wakeups = Arc::new(Wakeups::new(false));
+        let wakeups = Arc::new(Wakeups::new(false, Duration::ZERO));
         let interest = wakeups.subscribe("job", None);
         wakeups.set_status(OPEN);
         let free = doc! {};
@@ -721,7 +745,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_release_wakes_only_the_queue_head() {
-        let wakeups = Arc::new(Wakeups::new(false));
+        let wakeups = Arc::new(Wakeups::new(false, Duration::ZERO));
         let first = wakeups.subscribe("job", Some("c1"));
         let second = wakeups.subscribe("job", Some("c2"));
         let here = wakeups.tag().to_owned();
@@ -742,7 +766,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_release_that_hands_over_gives_the_lock_to_its_waiter_only() {
-        let wakeups = Arc::new(Wakeups::new(false));
+        let wakeups = Arc::new(Wakeups::new(false, Duration::ZERO));
         let first = wakeups.subscribe("job", Some("c1"));
         let second = wakeups.subscribe("job", Some("c2"));
         wakeups.set_status(OPEN);
