@@ -544,6 +544,10 @@ impl StreamTask {
                 }
             };
             wakeups.set_status(OPEN);
+            // Where the stream starts (the server's first resume token),
+            // before any `getMore`: a widening before the first event
+            // resumes from here too.
+            resume = stream.resume_token().or(resume);
             let idle_close = wakeups.idle_close;
             drop(wakeups);
             let mut widened = false;
@@ -615,8 +619,17 @@ impl StreamTask {
                 }
             }
             // Widening reopens at once, where the stream stood, and waiters
-            // go on counting on it meanwhile.
-            if !widened && self.pause().await {
+            // go on counting on it meanwhile. Without a position (a server
+            // that gave no resume token yet) a release before the reopen
+            // could go unseen, so the waiters look again now and once the
+            // stream is open (the status leaves `OPEN` and comes back).
+            if widened {
+                if resume.is_none() {
+                    if let Some(wakeups) = self.wakeups.upgrade() {
+                        wakeups.set_status(OPENING);
+                    }
+                }
+            } else if self.pause().await {
                 return;
             }
         }
