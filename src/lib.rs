@@ -255,21 +255,26 @@ pub fn workspace_root() -> PathBuf {
 /// The server for this process: `MONGODB_URI` if set, else one local server
 /// started on first use and shared by every caller in this process.
 pub fn server_uri() -> Result<String, String> {
-    if let Ok(uri) = std::env::var("MONGODB_URI") {
-        if !uri.is_empty() {
-            return Ok(uri);
-        }
+    match external_uri() {
+        Some(uri) => Ok(uri),
+        None => shared_server().map(|s| s.uri.clone()),
     }
-    shared_server().map(|s| s.uri.clone())
 }
 
 /// The process id of [`server_uri`]'s server when it is the local one this
 /// process started (to read its CPU time), `None` with `MONGODB_URI`.
 pub fn server_pid() -> Option<u32> {
-    match std::env::var("MONGODB_URI") {
-        Ok(uri) if !uri.is_empty() => None,
-        _ => shared_server().ok().map(LocalServer::pid),
+    match external_uri() {
+        Some(_) => None,
+        None => shared_server().ok().map(LocalServer::pid),
     }
+}
+
+/// `MONGODB_URI`, when it is set and not empty.
+fn external_uri() -> Option<String> {
+    std::env::var("MONGODB_URI")
+        .ok()
+        .filter(|uri| !uri.is_empty())
 }
 
 /// The local server shared by this process's callers, started on first use.

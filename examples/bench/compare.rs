@@ -282,8 +282,9 @@ pub async fn contend(kind: Kind, env: &Env, workers: usize, processes: usize) ->
     let mut cpu_after = None;
     for (p, peer) in peers.iter_mut().enumerate() {
         let words = peer.expect("LATENCIES").await?;
-        // The first peer to answer has worked its window: the server's time
-        // is read then, before the others' replies and commands.
+        // Once the first peer has answered, the window is over (all started
+        // together): the server's time is read then, before the other
+        // peers' replies and the command counts.
         cpu_after = cpu_after.or_else(|| env.server_cpu());
         if let Some(list) = words.get(1) {
             for sample in list.split(',') {
