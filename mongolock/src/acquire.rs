@@ -4,13 +4,13 @@ use std::future::IntoFuture;
 use std::time::Duration;
 
 use mongodb::options::ReturnDocument;
-use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::clock::Probe;
 use crate::error::{Error, Result};
 use crate::guard::{Held, LockGuard};
 use crate::info::LockInfo;
+use crate::lease::Anchor;
 use crate::mongo_lock::{BoxFuture, MongoLock, DEFAULT_EXPIRES};
 use crate::owner::unique_owner;
 use crate::query;
@@ -27,14 +27,16 @@ const IMMEDIATE_RETRIES: u32 = 5;
 
 /// What one attempt found.
 pub(crate) enum Attempt {
-    /// The caller holds the lock now; `sent` is when the winning request
-    /// left, the earliest the server can have started the lease. The lease
-    /// is the one asked for, or `first_lease` for a lock a release handed
-    /// over (which `sent` then predates; see `attempt_until`).
+    /// The caller holds the lock now, until `info.expires_at` by the
+    /// server's clock; `anchor` is a local instant known to precede a
+    /// server reading no later than the grant, to count that lease from
+    /// (see [`Anchor::believed_until`]). `handed` when a release handed the
+    /// lock over (its lease may be shorter than asked for: see
+    /// [`crate::query::release_update`]).
     Acquired {
         info: LockInfo,
-        sent: Instant,
-        first_lease: Option<Duration>,
+        anchor: Anchor,
+        handed: bool,
     },
     /// Someone else does; a fair waiter's place in the queue with it.
     Busy(LockInfo, Place),
@@ -47,22 +49,31 @@ pub(crate) struct Place {
     pub(crate) position: Option<usize>,
     /// When the head's entry lapses, by the server's clock.
     pub(crate) head_expires: Option<mongodb::bson::DateTime>,
+    /// The server's `$$NOW` when this attempt refreshed the waiter's own
+    /// entry (its expiry less the queue expiry), if it did.
+    pub(crate) refreshed: Option<mongodb::bson::DateTime>,
 }
 
 impl Place {
-    fn of(doc: &mongodb::bson::Document, claim: &str) -> Self {
+    fn of(doc: &mongodb::bson::Document, claim: &str, expiry_millis: i64) -> Self {
         let Ok(queue) = doc.get_array(query::QUEUE) else {
             return Self::default();
         };
         let entries: Vec<&mongodb::bson::Document> =
             queue.iter().filter_map(|e| e.as_document()).collect();
+        let position = entries
+            .iter()
+            .position(|e| e.get_str(query::WAITER) == Ok(claim));
+        let expires =
+            |e: &mongodb::bson::Document| e.get_datetime(query::ENTRY_EXPIRES).ok().copied();
         Self {
-            position: entries
-                .iter()
-                .position(|e| e.get_str(query::WAITER) == Ok(claim)),
-            head_expires: entries
-                .first()
-                .and_then(|e| e.get_datetime(query::ENTRY_EXPIRES).ok().copied()),
+            position,
+            head_expires: entries.first().and_then(|e| expires(e)),
+            refreshed: position.and_then(|at| expires(entries[at])).map(|exp| {
+                mongodb::bson::DateTime::from_millis(
+                    exp.timestamp_millis().saturating_sub(expiry_millis),
+                )
+            }),
         }
     }
 }
@@ -136,16 +147,21 @@ impl MongoLock {
                         info.owner.as_deref() == Some(req.owner.as_str()) && claim == req.claim;
                     return Ok(if ours {
                         // expires_at - lease is the server's $$NOW at the write.
-                        let server_now = info.expires_at.timestamp_millis() - req.lease_millis;
-                        self.server_clock()
-                            .observe(&probe, mongodb::bson::DateTime::from_millis(server_now));
+                        let server = mongodb::bson::DateTime::from_millis(
+                            info.expires_at.timestamp_millis() - req.lease_millis,
+                        );
+                        self.server_clock().observe(&probe, server);
                         Attempt::Acquired {
                             info,
-                            sent: probe.sent(),
-                            first_lease: None,
+                            anchor: Anchor {
+                                sent: probe.sent(),
+                                server,
+                            },
+                            handed: false,
                         }
                     } else {
-                        Attempt::Busy(info, Place::of(&doc, &req.claim))
+                        let expiry = queueing.map_or(0, |q| q.expiry_millis);
+                        Attempt::Busy(info, Place::of(&doc, &req.claim, expiry))
                     });
                 }
                 Ok(None) if retries < IMMEDIATE_RETRIES => {
@@ -393,15 +409,15 @@ impl IntoFuture for Acquire {
                 match self.lock.attempt_until(&req).await? {
                     Attempt::Acquired {
                         info,
-                        sent,
-                        first_lease,
+                        anchor,
+                        handed,
                     } => Ok(LockGuard::new(
                         self.lock,
                         info,
                         Held {
-                            sent,
+                            anchor,
                             lease: self.expires,
-                            first_lease: first_lease.map_or(self.expires, |l| l.min(self.expires)),
+                            handed,
                             hand_over: req.fair,
                             renew_every,
                             min_hold_millis,

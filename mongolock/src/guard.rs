@@ -9,21 +9,22 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
-use crate::lease::{Lease, Renewal};
+use crate::lease::{Anchor, Lease, Renewal};
 use crate::mongo_lock::MongoLock;
 use crate::validate;
 
 /// How an acquisition was made, for the guard it becomes.
 pub(crate) struct Held {
-    /// When the winning request was sent.
-    pub(crate) sent: Instant,
+    /// What the lease is counted from: a local instant before a server
+    /// reading that came no later than the grant.
+    pub(crate) anchor: Anchor,
     /// The lease asked for.
     pub(crate) lease: Duration,
-    /// The lease the acquisition gave, counted from `sent`: `lease`, or
-    /// less for a lock a release handed over (see
-    /// [`crate::query::release_update`]), which is then extended to `lease`
-    /// in the background.
-    pub(crate) first_lease: Duration,
+    /// Whether a release handed the lock over: its lease (from the
+    /// release, `acquired_at`, to `expires_at`) may be shorter than `lease`
+    /// (see [`crate::query::release_update`]), and is then extended to
+    /// `lease` in the background.
+    pub(crate) handed: bool,
     /// Whether the release hands the lock over to the queue's head.
     pub(crate) hand_over: bool,
     /// Background renewal interval, if on.
@@ -84,16 +85,24 @@ pub struct LockGuard {
 impl LockGuard {
     pub(crate) fn new(lock: MongoLock, info: LockInfo, held: Held) -> Self {
         let owner = info.owner.clone().unwrap_or_default();
-        let lease = Lease::new(held.sent, lock.local_lease(held.first_lease));
-        let short = held.first_lease < held.lease;
-        // A short first lease is renewed halfway through it at the latest.
+        let until = lock.believed_until(held.anchor, info.expires_at);
+        let lease = Lease::new(until);
+        let granted = info
+            .acquired_at
+            .map(|at| info.expires_at.timestamp_millis() - at.timestamp_millis())
+            .and_then(|millis| u64::try_from(millis).ok())
+            .map_or(Duration::ZERO, Duration::from_millis);
+        let short = held.handed && granted < held.lease;
+        // A short first lease is renewed halfway through what is left of it
+        // at the latest.
         let first = |interval: Duration| {
-            let interval = if short {
-                interval.min(held.first_lease / 2)
+            let regular = held.anchor.sent + interval;
+            if short {
+                let now = Instant::now();
+                regular.min(now + until.saturating_duration_since(now) / 2)
             } else {
-                interval
-            };
-            held.sent + interval
+                regular
+            }
         };
         let renewal = match held.renew_every {
             Some(interval) => Some((interval, first(interval), false)),
@@ -123,7 +132,7 @@ impl LockGuard {
             lease,
             renewal,
             released: false,
-            acquired: held.sent,
+            acquired: held.anchor.sent,
         }
     }
 

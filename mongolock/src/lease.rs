@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use mongodb::bson::DateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -14,6 +15,41 @@ use crate::mongo_lock::MongoLock;
 pub(crate) const RAN_OUT: &str = "the lease ran out before a renewal was confirmed";
 /// Why a lease counts as lost when the server shows another holder.
 pub(crate) const TAKEN: &str = "a renewal found another owner or no lock";
+
+/// A local instant known to come before a reading of the server's clock:
+/// a request was sent at `sent`, and its reply showed the server's `$$NOW`
+/// at the write, `server`. Whatever pause hit this process in between, the
+/// server read its clock after `sent`.
+///
+/// It is the one way this crate turns a lease's end, which is server time,
+/// into a local instant to stop believing at: see
+/// [`believed_until`](Self::believed_until).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Anchor {
+    pub(crate) sent: Instant,
+    pub(crate) server: DateTime,
+}
+
+impl Anchor {
+    /// The last local instant at which a lease ending at `expires` (server
+    /// time) may still be believed held: `sent` plus the server time from
+    /// the anchor's reading to `expires`, less `allowance` of that span
+    /// (clock skew, rate drift, rounding). The server reaches `expires` no
+    /// sooner than that, since it read `server` after `sent`. A lease that
+    /// ended before the reading, or that the allowance eats, is believed
+    /// until `sent` at most, which is past.
+    pub(crate) fn believed_until(
+        &self,
+        expires: DateTime,
+        allowance: impl FnOnce(Duration) -> Duration,
+    ) -> Instant {
+        let span = expires
+            .timestamp_millis()
+            .saturating_sub(self.server.timestamp_millis());
+        let span = Duration::from_millis(u64::try_from(span).unwrap_or(0));
+        self.sent + span.saturating_sub(allowance(span))
+    }
+}
 
 /// Shared by a guard and its renewal task.
 ///
@@ -28,9 +64,10 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    pub(crate) fn new(sent: Instant, lease: Duration) -> Arc<Self> {
+    /// A lease believed held until `until` (see [`Anchor::believed_until`]).
+    pub(crate) fn new(until: Instant) -> Arc<Self> {
         Arc::new(Self {
-            deadline: Mutex::new(sent + lease),
+            deadline: Mutex::new(until),
             lost: watch::Sender::new(None),
         })
     }
@@ -160,9 +197,62 @@ impl Renewal {
 mod tests {
     use super::*;
 
+    fn one_percent(span: Duration) -> Duration {
+        span / 100
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_anchor_counts_the_lease_from_the_request_less_the_allowance() {
+        let sent = Instant::now();
+        let anchor = Anchor {
+            sent,
+            server: DateTime::from_millis(1_000_000),
+        };
+        // A lease of 10 s from the server's reading.
+        let until = anchor.believed_until(DateTime::from_millis(1_010_000), one_percent);
+        assert_eq!(until, sent + Duration::from_millis(9_900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_granted_before_the_anchor_is_not_believed_past_it() {
+        // The stale handover: a lease the server granted (and ended) before
+        // a later attempt's reading. However late it is delivered, it is
+        // believed no later than that attempt was sent.
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let later = Anchor {
+            sent: Instant::now(),
+            server: DateTime::from_millis(5_000),
+        };
+        for expires in [0, 4_000, 5_000] {
+            let until = later.believed_until(DateTime::from_millis(expires), one_percent);
+            assert!(until <= Instant::now(), "{expires}");
+        }
+        // An older anchor never gives a later belief than the truth allows:
+        // the server read 2_000 after `sent`, so a lease to 4_000 ends
+        // no sooner than sent + 2 s (less 1%).
+        let older = Anchor {
+            sent,
+            server: DateTime::from_millis(2_000),
+        };
+        let until = older.believed_until(DateTime::from_millis(4_000), one_percent);
+        assert_eq!(until, sent + Duration::from_millis(1_980));
+        assert!(until < Instant::now());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_allowance_larger_than_the_span_ends_belief_at_the_anchor() {
+        let anchor = Anchor {
+            sent: Instant::now(),
+            server: DateTime::from_millis(0),
+        };
+        let until = anchor.believed_until(DateTime::from_millis(10), |_| Duration::from_secs(1));
+        assert_eq!(until, anchor.sent);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn lease_is_lost_when_its_deadline_passes() {
-        let lease = Lease::new(Instant::now(), Duration::from_secs(3));
+        let lease = Lease::new(Instant::now() + Duration::from_secs(3));
         assert_eq!(lease.lost_reason(), None);
         assert_eq!(lease.wait_lost().await, RAN_OUT);
         assert_eq!(lease.lost_reason(), Some(RAN_OUT));
@@ -170,7 +260,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn extension_moves_the_deadline_until_lost() {
-        let lease = Lease::new(Instant::now(), Duration::from_secs(3));
+        let lease = Lease::new(Instant::now() + Duration::from_secs(3));
         tokio::time::advance(Duration::from_secs(2)).await;
         lease.extend(Instant::now(), Duration::from_secs(3));
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -182,7 +272,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waiter_wakes_when_marked_lost() {
-        let lease = Lease::new(Instant::now(), Duration::from_secs(3600));
+        let lease = Lease::new(Instant::now() + Duration::from_secs(3600));
         let waiter = tokio::spawn({
             let lease = lease.clone();
             async move { lease.wait_lost().await }

@@ -5,14 +5,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::options::{IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, IndexModel};
+use tokio::time::Instant;
 
 use crate::acquire::{Acquire, Lock};
 use crate::clock::ServerClock;
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
+use crate::lease::Anchor;
 use crate::query;
 use crate::validate;
 use crate::wait::Backoff;
@@ -344,6 +346,13 @@ impl MongoLock {
     pub(crate) fn local_lease(&self, lease: Duration) -> Duration {
         let whole = Duration::from_millis(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
         whole.saturating_sub(self.drift_allowance(whole))
+    }
+
+    /// The last local instant at which a lease ending at `expires` (server
+    /// time) may be believed held, counted from `anchor` less the drift
+    /// allowance of the span (see [`Anchor::believed_until`]).
+    pub(crate) fn believed_until(&self, anchor: Anchor, expires: DateTime) -> Instant {
+        anchor.believed_until(expires, |span| self.drift_allowance(span))
     }
 
     /// The longest a single round trip may take.

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use crate::acquire::{Attempt, Place, Request};
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
+use crate::lease::Anchor;
 use crate::mongo_lock::MongoLock;
 use crate::validate;
 
@@ -154,14 +155,18 @@ impl MongoLock {
         let (mut polls, mut late, mut failures) = (0_u32, 0_u32, 0_u32);
         let mut unknown = false;
         let mut last_error = None;
-        // When the last attempt that found this waiter queued (and so
-        // refreshed its entry) was sent.
-        let mut queued_at = None;
+        // The newest attempt that refreshed this waiter's queue entry: when
+        // it was sent, and the server's now at that refresh. A handed-over
+        // lease is counted from it.
+        let mut anchor = None;
+        // The newest fencing token seen on the lock: a handover with an
+        // older one is stale.
+        let mut newest_token = i64::MIN;
         loop {
             let mut woken = std::pin::pin!(interest.notified());
             woken.as_mut().enable();
             if let Some(info) = interest.take_handed_over() {
-                if let Some(acquired) = self.handed_over(req, info, queued_at) {
+                if let Some(acquired) = self.handed_over(req, info, anchor, newest_token) {
                     return Ok(acquired);
                 }
             }
@@ -181,9 +186,14 @@ impl MongoLock {
                 Ok(Attempt::Busy(holder, place)) => {
                     orphan.armed = unknown;
                     failures = 0;
-                    if place.position.is_some() {
-                        queued_at = Some(start);
-                    } else {
+                    newest_token = newest_token.max(holder.token);
+                    if let Some(server) = place.refreshed {
+                        anchor = Some(Anchor {
+                            sent: start,
+                            server,
+                        });
+                    }
+                    if place.position.is_none() {
                         self.wakeups().widen();
                     }
                     if now >= deadline {
@@ -230,36 +240,43 @@ impl MongoLock {
         }
     }
 
-    /// A lock a release handed over to this waiter. The release gave it
-    /// the waiter's lease from the server's now, but no further than its
-    /// queue entry's expiry; both are later than `queued_at` plus the lease
-    /// or the queue expiry, whichever is shorter, since the release came
-    /// after the attempt that refreshed the entry. So the lock is counted as
-    /// held that long from `queued_at` (and extended to the whole lease in
-    /// the background; see `LockGuard`). If less than half of it is left (or
-    /// no attempt is known to have refreshed the entry), `None`: the next
-    /// attempt re-enters the lock with the whole lease instead.
+    /// A lock a release handed over to this waiter, delivered by a change
+    /// event or a release's reply, however late (this process may have been
+    /// paused since). Believed only by the server's word: its lease ends at
+    /// `expires_at` by the server's clock, counted locally from `anchor`,
+    /// the newest attempt known to have refreshed the waiter's entry (any
+    /// such attempt's reply is a server reading after its sending, so the
+    /// count ends before the server's whichever it is). A handover older
+    /// than a token this waiter has seen since, or with less than half of
+    /// its believed lease left, or with no anchor, gives `None`: the next
+    /// attempt then asks the server, and re-enters the lock (with the whole
+    /// lease) only if the handover still holds.
     fn handed_over(
         &self,
         req: &Request,
         info: LockInfo,
-        queued_at: Option<Instant>,
+        anchor: Option<Anchor>,
+        newest_token: i64,
     ) -> Option<Attempt> {
-        let sent = queued_at?;
-        if info.owner.as_deref() != Some(req.owner.as_str()) {
+        let anchor = anchor?;
+        if info.owner.as_deref() != Some(req.owner.as_str()) || info.token < newest_token {
             return None;
         }
-        let lease = Duration::from_millis(u64::try_from(req.lease_millis).unwrap_or(u64::MAX));
-        let first_lease = lease.min(self.queue_expiry());
-        let counted = self.local_lease(first_lease);
-        if (sent + counted).saturating_duration_since(Instant::now()) < counted / 2 {
+        let until = self.believed_until(anchor, info.expires_at);
+        // The lease the release granted, from its now (`acquired_at`).
+        let granted = info.acquired_at.map_or(0, |at| {
+            info.expires_at.timestamp_millis() - at.timestamp_millis()
+        });
+        let granted = Duration::from_millis(u64::try_from(granted).unwrap_or(0));
+        if until.saturating_duration_since(Instant::now()) < self.local_lease(granted) / 2 {
+            tracing::debug!(key = %req.key, "mongolock handover too old to believe; asking the server");
             return None;
         }
         tracing::debug!(key = %req.key, "mongolock lock handed over by a release");
         Some(Attempt::Acquired {
             info,
-            sent,
-            first_lease: Some(first_lease),
+            anchor,
+            handed: true,
         })
     }
 
