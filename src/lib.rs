@@ -102,7 +102,9 @@ impl LocalServer {
     }
 }
 
-fn signal(pid: u32, signal: &str) {
+/// Sends `signal` (as `kill` spells it: `-STOP`, `-CONT`, `-KILL`) to a
+/// process, for the pause and kill nemeses.
+pub fn signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
         .args([signal, &pid.to_string()])
         .status();

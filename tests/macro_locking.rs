@@ -277,3 +277,40 @@ async fn several_processes_running_the_same_function_never_overlap() {
     );
     assert_eq!(witness.overlaps().await.unwrap(), 0, "two holders at once");
 }
+
+#[mongo_locked(key = "outlives", lock = lock, expires = "1500ms")]
+async fn outlives_its_lease(
+    lock: &MongoLock,
+    entered: oneshot::Sender<i64>,
+    past_the_body: Arc<AtomicUsize>,
+) -> Result<(), AppError> {
+    let info = lock.get_lock_info("outlives").await?;
+    let _ = entered.send(info.map_or(0, |i| i.token));
+    std::future::pending::<()>().await;
+    past_the_body.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Without `renew`, the body gets the lease it asked for and no more: when
+/// the lease runs out locally (before the server's), the body is dropped at
+/// its await and the function returns `LockLost` through the user's error.
+#[tokio::test]
+async fn a_body_that_outlives_its_lease_without_renew_is_cancelled() {
+    let lock = fresh_lock("outlives").await;
+    let (entered_tx, entered_rx) = oneshot::channel();
+    let past_the_body = Arc::new(AtomicUsize::new(0));
+    let call = tokio::spawn({
+        let (lock, past) = (lock.clone(), past_the_body.clone());
+        async move { outlives_its_lease(&lock, entered_tx, past).await }
+    });
+    let token = entered_rx.await.unwrap();
+    match call.await.unwrap() {
+        Err(AppError::Lock(Error::LockLost { key, .. })) => assert_eq!(key, "outlives"),
+        other => panic!("expected LockLost, got {other:?}"),
+    }
+    assert_eq!(past_the_body.load(Ordering::SeqCst), 0);
+    // The body was gone before anyone else could take the lock.
+    let next = lock.acquire("outlives").timeout(WAIT).await.unwrap();
+    assert!(next.token() > token);
+    next.release().await.unwrap();
+}

@@ -313,6 +313,10 @@ fn wrap(args: &Args, key: &TokenStream, mut func: ItemFn) -> ItemFn {
     let fair = args.fair.as_ref().map(|f| quote!(.fair(#f)));
     let mut acquire = quote!(#lock.acquire(#key) #expires #timeout #min_hold #fair #owner);
     match &args.renew {
+        // Without a lease of the user's, the default one is kept alive for
+        // as long as the body runs (Redisson's watchdog): a long body is
+        // not cancelled for a lease the user never chose.
+        None if args.expires.is_none() => acquire = quote!(#acquire.renew(true)),
         None | Some(Renew::Off) => {}
         Some(Renew::On) => acquire = quote!(#acquire.renew(true)),
         Some(Renew::Every(m)) => {
@@ -344,17 +348,15 @@ fn wrap(args: &Args, key: &TokenStream, mut func: ItemFn) -> ItemFn {
             }
         }
     };
-    // With renewal, a lost lock cancels the body at its next await point.
-    let run = if matches!(args.renew, None | Some(Renew::Off)) {
-        quote!(#inner.await)
-    } else {
-        quote! {
-            match #krate::__private::until_lost(&#guard, #inner).await {
-                ::core::result::Result::Ok(#result) => #result,
-                ::core::result::Result::Err(#error) => {
-                    #krate::__private::release(#guard).await;
-                    return #convert;
-                }
+    // A lost lock (a renewal found another holder, or the lease ran out
+    // locally) cancels the body at its next await point: the body never
+    // runs past the lease it was given.
+    let run = quote! {
+        match #krate::__private::until_lost(&#guard, #inner).await {
+            ::core::result::Result::Ok(#result) => #result,
+            ::core::result::Result::Err(#error) => {
+                #krate::__private::release(#guard).await;
+                return #convert;
             }
         }
     };
@@ -500,23 +502,33 @@ mod tests {
                         }
                     }
                 };
-                let __mongolock_output = async move {
-                    #[allow(
-                        unknown_lints,
-                        unreachable_code,
-                        clippy::diverging_sub_expression,
-                        clippy::empty_loop,
-                        clippy::needless_return
-                    )]
-                    if false {
-                        let __mongolock_return_type: Result<u64, AppError> = loop {};
-                        return __mongolock_return_type;
+                let __mongolock_output = match ::mongolock::__private::until_lost(
+                    &__mongolock_guard,
+                    async move {
+                        #[allow(
+                            unknown_lints,
+                            unreachable_code,
+                            clippy::diverging_sub_expression,
+                            clippy::empty_loop,
+                            clippy::needless_return
+                        )]
+                        if false {
+                            let __mongolock_return_type: Result<u64, AppError> = loop {};
+                            return __mongolock_return_type;
+                        }
+                        {
+                            Ok(user.id)
+                        }
+                    },
+                )
+                .await
+                {
+                    ::core::result::Result::Ok(__mongolock_output) => __mongolock_output,
+                    ::core::result::Result::Err(__mongolock_error) => {
+                        ::mongolock::__private::release(__mongolock_guard).await;
+                        return ::mongolock::__private::from_lock_error(__mongolock_error);
                     }
-                    {
-                        Ok(user.id)
-                    }
-                }
-                .await;
+                };
                 ::mongolock::__private::release(__mongolock_guard).await;
                 #[allow(clippy::needless_return)]
                 return __mongolock_output;
@@ -554,6 +566,21 @@ mod tests {
             "{actual}"
         );
         assert!(!actual.contains("global()"), "{actual}");
+    }
+
+    #[test]
+    fn the_default_lease_is_renewed_and_a_chosen_one_is_not() {
+        let item = quote! { async fn job() -> Result<(), E> { Ok(()) } };
+        let renews = |attr: TokenStream| expand(attr, item.clone()).contains(".renew(true)");
+        assert!(renews(quote!(key = "k")));
+        assert!(renews(quote!(key = "k", expires = 5, renew = true)));
+        assert!(!renews(quote!(key = "k", expires = 5)));
+        assert!(!renews(quote!(key = "k", renew = false)));
+        // Renewed or not, the body runs under `until_lost`.
+        for attr in [quote!(key = "k"), quote!(key = "k", expires = 5)] {
+            let actual = expand(attr, item.clone());
+            assert!(actual.contains("__private::until_lost("), "{actual}");
+        }
     }
 
     #[test]

@@ -73,8 +73,6 @@ pub struct LockGuard {
     owner: String,
     min_hold_millis: i64,
     hand_over: bool,
-    /// Whether the acquisition asked for background renewal.
-    renews: bool,
     lease: Arc<Lease>,
     renewal: Option<JoinHandle<()>>,
     released: bool,
@@ -128,7 +126,6 @@ impl LockGuard {
             owner,
             min_hold_millis: held.min_hold_millis,
             hand_over: held.hand_over,
-            renews: held.renew_every.is_some(),
             lease,
             renewal,
             released: false,
@@ -237,11 +234,6 @@ impl LockGuard {
             crate::metrics::release_failed(self.key());
         }
         result
-    }
-
-    /// Whether a background renewal keeps the lease alive.
-    pub(crate) fn renews(&self) -> bool {
-        self.renews
     }
 
     fn stop_renewal(&mut self) {

@@ -165,15 +165,13 @@ pub async fn release(guard: LockGuard) {
 }
 
 /// Runs the body until it finishes or the lock is lost, whichever comes
-/// first. A lost lock drops the body at its current await point. Without
-/// renewal (`renew = false` from configuration) the body simply runs.
+/// first. A lost lock drops the body at its current await point: with
+/// renewal, when a renewal finds another holder or cannot be confirmed in
+/// time; without, when the lease runs out.
 pub async fn until_lost<F: std::future::Future>(
     guard: &LockGuard,
     body: F,
 ) -> Result<F::Output, Error> {
-    if !guard.renews() {
-        return Ok(body.await);
-    }
     tokio::select! {
         biased;
         output = body => Ok(output),
