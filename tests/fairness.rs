@@ -211,9 +211,60 @@ async fn an_uncontended_fair_acquisition_is_one_round_trip_and_opens_no_stream()
     assert!(guard.release().await.unwrap());
     assert_eq!(
         commands.started(),
-        ["findAndModify", "findAndModify"],
-        "acquire and release, one command each, and no change stream"
+        ["findAndModify", "update"],
+        "acquire and release, one command each (the release a plain update, \
+         as no queue was seen), and no change stream"
     );
+}
+
+/// The light attempt (a key this process has not seen contended) takes a
+/// free lock only while no queue entry exists: a fresh process meeting a
+/// free lock with a live queue entry of another process neither takes it
+/// nor skips ahead, with or without a wait; and attempts that do not take
+/// the lock leave its token and times as they were.
+#[tokio::test]
+async fn a_process_that_never_saw_contention_still_respects_a_queue() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_light").await;
+    let lock = MongoLock::with_collection(coll.clone());
+    lock.acquire("job").await.unwrap().release().await.unwrap();
+    // Another process's waiter heads the queue of the free lock.
+    let in_a_minute = mongodb::bson::DateTime::from_millis(
+        mongodb::bson::DateTime::now().timestamp_millis() + 60_000,
+    );
+    coll.update_one(
+        doc! { "_id": "job" },
+        doc! { "$set": { "queue": [
+            { "w": "elsewhere", "p": "other-process", "exp": in_a_minute, "o": "them", "l": 60_000_i64 },
+        ] } },
+    )
+    .await
+    .unwrap();
+    let before = coll.find_one(doc! { "_id": "job" }).await.unwrap().unwrap();
+    let fresh = MongoLock::with_collection(coll.clone());
+    assert!(matches!(
+        fresh.acquire("job").await,
+        Err(mongolock::Error::Locked { .. })
+    ));
+    let waited = fresh
+        .acquire("job")
+        .timeout(Duration::from_millis(300))
+        .await;
+    assert!(
+        matches!(waited, Err(mongolock::Error::Locked { .. })),
+        "{waited:?}"
+    );
+    let doc = coll.find_one(doc! { "_id": "job" }).await.unwrap().unwrap();
+    assert!(
+        doc.get("owner").is_none_or(|o| o.as_null().is_some()),
+        "{doc:?}"
+    );
+    // Attempts that did not take the lock stamped nothing on it.
+    for field in ["token", "acquired_at", "expires_at"] {
+        assert_eq!(doc.get(field), before.get(field), "{field}");
+    }
 }
 
 #[tokio::test]
@@ -276,9 +327,10 @@ async fn handed_over(
     let guard = holder.acquire("job").await.unwrap();
     let task =
         tokio::spawn(async move { waiter.acquire("job").expires(expires).timeout(WAIT).await });
-    // Its attempt that found the lock taken, and the one after its change
-    // stream opened (which makes every waiter look again).
-    commands.until_listening(2).await;
+    // Its light attempt and its queued one, which found the lock taken, and
+    // the one after its change stream opened (which makes every waiter look
+    // again).
+    commands.until_listening(3).await;
     let before = commands.count("findAndModify").0;
     let first = guard.token();
     assert!(guard.release().await.unwrap());

@@ -92,10 +92,11 @@ async fn failed_release_leaves_a_lock_that_expires_on_time() {
         .await
         .unwrap();
     let expires = guard.expires_at();
+    // The release: an update, as no queue was seen (or a findAndModify).
     fx.fail(
         1,
         "holder",
-        doc! { "failCommands": ["findAndModify"], "errorCode": 2 },
+        doc! { "failCommands": ["update", "findAndModify"], "errorCode": 2 },
     )
     .await;
     let err = guard.release().await.unwrap_err();

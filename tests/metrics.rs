@@ -92,7 +92,7 @@ async fn every_series_counts_what_happened() {
     fx.fail(
         1,
         "holder",
-        doc! { "failCommands": ["findAndModify"], "errorCode": 2 },
+        doc! { "failCommands": ["update", "findAndModify"], "errorCode": 2 },
     )
     .await;
     assert!(failing.release().await.is_err());

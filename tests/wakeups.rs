@@ -153,8 +153,9 @@ async fn a_waiter_outside_the_queue_hears_of_releases_on_a_stream_opened_for_que
         let waiters = waiters.clone();
         async move { waiters.acquire("a").timeout(WAIT).await }
     });
-    // Asleep after its first attempt, and again once the stream opened.
-    commands.until_listening(2).await;
+    // Asleep after its first attempts (light, then queued), and again once
+    // the stream opened.
+    commands.until_listening(3).await;
     // A waiter outside any queue: fair(false) on another key.
     let unfair = tokio::spawn({
         let waiters = waiters.clone();

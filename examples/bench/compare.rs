@@ -698,6 +698,7 @@ pub async fn queue_cost(env: &Env, lengths: &[usize]) -> Result<Vec<(usize, Dura
                 tag: "bench",
                 expiry_millis: 15_000,
                 join: true,
+                expect_none: false,
             };
             let start = std::time::Instant::now();
             collection

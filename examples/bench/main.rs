@@ -125,6 +125,7 @@ async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
             tag: "raw",
             expiry_millis: 15_000,
             join: false,
+            expect_none: true,
         });
         let taken = coll
             .find_one_and_update(
@@ -135,18 +136,185 @@ async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
             .return_document(ReturnDocument::After)
             .await?
             .and_then(|d| d.get_i64("token").ok());
-        coll.find_one_and_update(
-            raw::by_holder(&key, &owner, taken),
-            raw::release_update(0, "raw", true),
-        )
-        .projection(doc! {
-            "queue": 1, "release_id": 1, "owner": 1, "claim": 1,
-            "token": 1, "acquired_at": 1, "expires_at": 1,
-        })
-        .await?;
+        let mut filter = raw::by_holder(&key, &owner, taken);
+        filter.insert("queue.0", doc! { "$exists": false });
+        coll.update_one(filter, raw::release_update(0, "raw", false))
+            .await?;
         raw_times.push(start.elapsed());
     }
     Ok((percentile(&mut ours, 0.5), percentile(&mut raw_times, 0.5)))
+}
+
+/// A 10 ms poller's acquire (as `peer::Poller` sends it): one stage, two
+/// fields, taking the key if its lease ended by the server's clock.
+fn poller_acquire(owner: &str, lease: i64) -> Vec<Document> {
+    let free = doc! { "$lte": [
+        { "$toLong": { "$ifNull": ["$expires_at", mongodb::bson::DateTime::from_millis(0)] } },
+        { "$toLong": "$$NOW" },
+    ] };
+    vec![doc! { "$set": {
+        "owner": { "$cond": [&free, { "$literal": owner }, "$owner"] },
+        "expires_at": { "$cond": [&free, { "$add": ["$$NOW", lease] }, "$expires_at"] },
+    } }]
+}
+
+/// Where an uncontended cycle's time goes: the p50 of each write a cycle
+/// may send, on keys that exist and are free (as a reused lock key is),
+/// next to the lightest writes the server has (operator updates).
+async fn write_costs(bench: &Bench) -> Result<Vec<(&'static str, Duration)>> {
+    const ROUNDS: usize = 200;
+    let coll = bench.collection("write_costs").await?;
+    let lease = 60_000_i64;
+    let fair = Some(raw::Queueing {
+        tag: "raw",
+        expiry_millis: 15_000,
+        join: true,
+        expect_none: false,
+    });
+    let light = fair.map(|q| raw::Queueing {
+        expect_none: true,
+        ..q
+    });
+    let kinds: [&'static str; 9] = [
+        "plain upsert ($set, $currentDate)",
+        "plain update by owner ($set, $unset)",
+        "poller's acquire (1 stage, 2 fields)",
+        "poller's release (deleteOne)",
+        "unfair acquire pipeline",
+        "fair acquire pipeline, no queue",
+        "fair acquire, light pipeline (key not seen contended)",
+        "fair release, no queue (operator update)",
+        "hand-over release pipeline",
+    ];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
+    for i in 0..ROUNDS {
+        let key = format!("k{}", i % 20);
+        for (kind, times) in samples.iter_mut().enumerate() {
+            let owner = "o";
+            // Every write starts from a lock of ours: free for the
+            // acquisitions, held by "o" for the releases.
+            let held = matches!(kind, 1 | 3 | 7 | 8);
+            coll.update_one(
+                doc! { "_id": &key },
+                doc! {
+                    "$currentDate": { "expires_at": true },
+                    "$set": { "locked": held, "token": 1_i64, "owner": owner },
+                    "$unset": { "queue": "" },
+                },
+            )
+            .upsert(true)
+            .await?;
+            let start = Instant::now();
+            match kind {
+                0 => {
+                    coll.update_one(
+                        doc! { "_id": &key },
+                        doc! { "$set": { "owner": owner, "locked": true }, "$currentDate": { "acquired_at": true } },
+                    )
+                    .upsert(true)
+                    .await?;
+                }
+                1 => {
+                    coll.update_one(
+                        doc! { "_id": &key, "owner": owner },
+                        doc! { "$set": { "locked": false }, "$unset": { "owner": "" } },
+                    )
+                    .await?;
+                }
+                2 => {
+                    coll.find_one_and_update(doc! { "_id": &key }, poller_acquire(owner, lease))
+                        .upsert(true)
+                        .return_document(ReturnDocument::After)
+                        .await?;
+                }
+                3 => {
+                    coll.delete_one(doc! { "_id": &key, "owner": owner })
+                        .await?;
+                }
+                4..=6 => {
+                    let fair = [None, fair, light][kind - 4];
+                    coll.find_one_and_update(
+                        raw::by_key(&key),
+                        raw::acquire_pipeline(owner, "c", lease, fair),
+                    )
+                    .upsert(true)
+                    .return_document(ReturnDocument::After)
+                    .await?;
+                }
+                7 => {
+                    let mut filter = raw::by_holder(&key, owner, None);
+                    filter.insert("queue.0", doc! { "$exists": false });
+                    coll.update_one(filter, raw::release_update(0, "r", false))
+                        .await?;
+                }
+                _ => {
+                    coll.find_one_and_update(
+                        raw::by_holder(&key, owner, None),
+                        raw::release_update(0, "r", true),
+                    )
+                    .await?;
+                }
+            }
+            times.push(start.elapsed());
+        }
+    }
+    Ok(kinds
+        .into_iter()
+        .zip(samples.iter_mut())
+        .map(|(kind, times)| (kind, percentile(times, 0.5)))
+        .collect())
+}
+
+/// The uncontended cycle every user pays, against the floors the issue
+/// names, interleaved in one process: this crate's default (fair)
+/// acquire + release, two plain operator updates (an upsert and an update
+/// by owner), and a 10 ms poller's cycle (its acquire and `deleteOne`).
+async fn cycle_floors(bench: &Bench) -> Result<[Duration; 3]> {
+    const ROUNDS: usize = 300;
+    let lock = bench.lock("cycle_floors").await?;
+    let coll = lock.collection().clone();
+    let lease = 60_000_i64;
+    lock.acquire("warm").await?.release().await?;
+    let mut samples: [Vec<Duration>; 3] = Default::default();
+    for i in 0..ROUNDS {
+        let (ours, plain, poller) = (
+            format!("ours{}", i % 10),
+            format!("plain{}", i % 10),
+            format!("poller{}", i % 10),
+        );
+        let start = Instant::now();
+        lock.acquire(&ours)
+            .expires(Duration::from_millis(lease as u64))
+            .await?
+            .release()
+            .await?;
+        samples[0].push(start.elapsed());
+
+        let owner = mongolock::unique_owner();
+        let start = Instant::now();
+        coll.update_one(
+            doc! { "_id": &plain },
+            doc! { "$set": { "owner": &owner, "locked": true }, "$currentDate": { "acquired_at": true } },
+        )
+        .upsert(true)
+        .await?;
+        coll.update_one(
+            doc! { "_id": &plain, "owner": &owner },
+            doc! { "$set": { "locked": false }, "$unset": { "owner": "" } },
+        )
+        .await?;
+        samples[1].push(start.elapsed());
+
+        let start = Instant::now();
+        coll.find_one_and_update(doc! { "_id": &poller }, poller_acquire(&owner, lease))
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await?;
+        coll.delete_one(doc! { "_id": &poller, "owner": &owner })
+            .await?;
+        samples[2].push(start.elapsed());
+    }
+    Ok(samples.map(|mut s| percentile(&mut s, 0.5)))
 }
 
 #[mongo_locked(key = "macro", lock = lock)]
@@ -322,6 +490,28 @@ async fn main() -> Result<()> {
         };
         return compare::rows(&env).await;
     }
+    if std::env::args().nth(1).as_deref() == Some("uncontended") {
+        let (lib, raw) = uncontended(&bench).await?;
+        println!(
+            "the library's cycle {} against its own two raw writes {}",
+            ms(lib),
+            ms(raw)
+        );
+        let [ours, plain, poller] = cycle_floors(&bench).await?;
+        println!(
+            "fair cycle {}, two plain updates {} ({:.2}x), poller cycle {} ({:.2}x)\n",
+            ms(ours),
+            ms(plain),
+            ours.as_secs_f64() / plain.as_secs_f64(),
+            ms(poller),
+            ours.as_secs_f64() / poller.as_secs_f64()
+        );
+        println!("| write | p50 |\n|---|---|");
+        for (kind, p50) in write_costs(&bench).await? {
+            println!("| {kind} | {} |", ms(p50));
+        }
+        return Ok(());
+    }
     let rtt = round_trip(&bench).await?;
     let op = lock_round_trip(&bench).await?;
     println!(
@@ -340,6 +530,29 @@ async fn main() -> Result<()> {
         &format!("{:.3}", ours.as_secs_f64() / floor.as_secs_f64()),
         "<= 1.05",
     );
+
+    let [ours, plain, poller] = cycle_floors(&bench).await?;
+    row(
+        "1b. uncontended fair cycle vs two plain operator updates, p50",
+        &ms(ours),
+        &format!("{} (upsert + update by owner)", ms(plain)),
+        &format!("{:.2}", ours.as_secs_f64() / plain.as_secs_f64()),
+        "<= 1.1",
+    );
+    row(
+        "1c. uncontended fair cycle vs a 10 ms poller's cycle, p50",
+        &ms(ours),
+        &format!("{} (its acquire + deleteOne)", ms(poller)),
+        &format!("{:.2}", ours.as_secs_f64() / poller.as_secs_f64()),
+        "<= 1.0",
+    );
+    println!("\nWhere an uncontended cycle's time goes (p50 per write, same server):\n");
+    println!("| write | p50 |\n|---|---|");
+    for (kind, p50) in write_costs(&bench).await? {
+        println!("| {kind} | {} |", ms(p50));
+    }
+    println!("\n| measure | mongolock | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
 
     let (with_macro, by_hand) = macro_overhead(&bench).await?;
     row(

@@ -13,7 +13,7 @@ use crate::info::LockInfo;
 use crate::lease::Anchor;
 use crate::mongo_lock::{BoxFuture, MongoLock, DEFAULT_EXPIRES};
 use crate::owner::unique_owner;
-use crate::query;
+use crate::query::{self, HandOver};
 use crate::validate;
 
 /// How often an attempt whose outcome is unknown is repeated at once:
@@ -37,6 +37,8 @@ pub(crate) enum Attempt {
         info: LockInfo,
         anchor: Anchor,
         handed: bool,
+        /// Whether the lock document had a queue after the acquisition.
+        queued: bool,
     },
     /// Someone else does; a fair waiter's place in the queue with it.
     Busy(LockInfo, Place),
@@ -122,10 +124,12 @@ impl MongoLock {
     /// at once only if a concurrent first upsert raced it.
     pub(crate) async fn attempt(&self, req: &Request) -> Result<Attempt> {
         self.ensure_ttl_index().await?;
-        let queueing = (req.fair && !req.claim.is_empty()).then(|| query::Queueing {
+        let mut queueing = (req.fair && !req.claim.is_empty()).then(|| query::Queueing {
             tag: self.wakeups().tag(),
             expiry_millis: self.queue_expiry_millis(),
             join: req.timeout.is_some(),
+            // A key not seen contended lately most likely has no queue.
+            expect_none: !self.contention().lately(&req.key),
         });
         let mut retries = 0;
         loop {
@@ -158,8 +162,16 @@ impl MongoLock {
                                 server,
                             },
                             handed: false,
+                            queued: doc.get_array(query::QUEUE).is_ok_and(|q| !q.is_empty()),
                         }
                     } else {
+                        self.contention().saw(&req.key);
+                        if let Some(light) = queueing.as_mut().filter(|q| q.expect_none) {
+                            // The light attempt changed nothing: the real one
+                            // (which queues) follows at once.
+                            light.expect_none = false;
+                            continue;
+                        }
                         let expiry = queueing.map_or(0, |q| q.expiry_millis);
                         Attempt::Busy(info, Place::of(&doc, &req.claim, expiry))
                     });
@@ -411,6 +423,7 @@ impl IntoFuture for Acquire {
                         info,
                         anchor,
                         handed,
+                        queued,
                     } => Ok(LockGuard::new(
                         self.lock,
                         info,
@@ -418,7 +431,11 @@ impl IntoFuture for Acquire {
                             anchor,
                             lease: self.expires,
                             handed,
-                            hand_over: req.fair,
+                            hand_over: match (req.fair, queued) {
+                                (false, _) => HandOver::Never,
+                                (true, true) => HandOver::ToHead,
+                                (true, false) => HandOver::ToHeadIfQueued,
+                            },
                             renew_every,
                             min_hold_millis,
                         },

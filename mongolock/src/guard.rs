@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::info::LockInfo;
 use crate::lease::{Anchor, Lease, Renewal};
 use crate::mongo_lock::MongoLock;
+use crate::query::HandOver;
 use crate::validate;
 
 /// How an acquisition was made, for the guard it becomes.
@@ -25,8 +26,8 @@ pub(crate) struct Held {
     /// (see [`crate::query::release_update`]), and is then extended to
     /// `lease` in the background.
     pub(crate) handed: bool,
-    /// Whether the release hands the lock over to the queue's head.
-    pub(crate) hand_over: bool,
+    /// How the release hands the lock over to the queue's head.
+    pub(crate) hand_over: HandOver,
     /// Background renewal interval, if on.
     pub(crate) renew_every: Option<Duration>,
     /// Minimum hold applied at release.
@@ -72,7 +73,7 @@ pub struct LockGuard {
     info: LockInfo,
     owner: String,
     min_hold_millis: i64,
-    hand_over: bool,
+    hand_over: HandOver,
     lease: Arc<Lease>,
     renewal: Option<JoinHandle<()>>,
     released: bool,

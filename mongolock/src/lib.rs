@@ -45,6 +45,7 @@
 pub mod __private;
 mod acquire;
 mod clock;
+mod contention;
 mod error;
 mod global;
 mod guard;

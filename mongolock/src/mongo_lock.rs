@@ -12,10 +12,11 @@ use tokio::time::Instant;
 
 use crate::acquire::{Acquire, Lock};
 use crate::clock::ServerClock;
+use crate::contention::Contention;
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
 use crate::lease::Anchor;
-use crate::query;
+use crate::query::{self, HandOver};
 use crate::validate;
 use crate::wait::Backoff;
 use crate::wake::Wakeups;
@@ -86,6 +87,7 @@ struct Inner {
     ttl_index: tokio::sync::OnceCell<()>,
     wakeups: Arc<Wakeups>,
     clock: ServerClock,
+    contention: Contention,
     releases: Arc<PendingReleases>,
 }
 
@@ -371,6 +373,8 @@ impl MongoLock {
                     settings.stream_idle_close,
                 )),
                 clock: ServerClock::default(),
+                // A queue formed on a key lasts while its waiters re-ask.
+                contention: Contention::new(settings.queue_expiry),
                 releases: Arc::default(),
             }),
         }
@@ -382,6 +386,10 @@ impl MongoLock {
 
     pub(crate) fn server_clock(&self) -> &ServerClock {
         &self.inner.clock
+    }
+
+    pub(crate) fn contention(&self) -> &Contention {
+        &self.inner.contention
     }
 
     /// The collection the locks live in.
@@ -490,7 +498,7 @@ impl MongoLock {
         validate::key(key)?;
         let mut filter = query::by_key(key);
         filter.insert("$expr", query::held_expr());
-        let released = self.release_where(key, filter, 0, false).await?;
+        let released = self.release_where(key, filter, 0, HandOver::Never).await?;
         tracing::info!(key, released, "mongolock force_release");
         Ok(released)
     }
@@ -590,14 +598,14 @@ impl MongoLock {
     }
 
     /// The owner-checked release shared by [`release`](Self::release) and
-    /// guards; `hand_over` as in [`query::release_update`].
+    /// guards.
     pub(crate) async fn release_held(
         &self,
         key: &str,
         owner: &str,
         token: Option<i64>,
         min_hold_millis: i64,
-        hand_over: bool,
+        hand_over: HandOver,
     ) -> Result<bool> {
         let released = self
             .release_where(
@@ -621,22 +629,40 @@ impl MongoLock {
         key: &str,
         filter: Document,
         min_hold_millis: i64,
-        hand_over: bool,
+        hand_over: HandOver,
     ) -> Result<bool> {
         let local = self.wakeups().releasing_here(key, min_hold_millis <= 0);
-        let update = self
-            .collection()
-            .find_one_and_update(
-                filter,
-                query::release_update(min_hold_millis, local.id(), hand_over),
-            )
-            .projection(
-                query::RELEASE_VIEW
-                    .iter()
-                    .map(|f| ((*f).to_owned(), Bson::Int32(1)))
-                    .collect(),
-            )
-            .return_document(mongodb::options::ReturnDocument::After);
+        let write = |filter: Document, hand_over: bool| {
+            self.collection()
+                .find_one_and_update(
+                    filter,
+                    query::release_update(min_hold_millis, local.id(), hand_over),
+                )
+                .projection(
+                    query::RELEASE_VIEW
+                        .iter()
+                        .map(|f| ((*f).to_owned(), Bson::Int32(1)))
+                        .collect(),
+                )
+                .return_document(mongodb::options::ReturnDocument::After)
+        };
+        if hand_over == HandOver::ToHeadIfQueued && min_hold_millis <= 0 {
+            // No queue means nothing to hand over and no head to name: the
+            // plain update, which returns no document, says all there is.
+            let plain = self.collection().update_one(
+                query::without_queue(filter.clone()),
+                query::release_update(0, local.id(), false),
+            );
+            let plain = self
+                .bounded(key, self.operation_timeout(), async { Ok(plain.await?) })
+                .await?;
+            if plain.matched_count == 1 {
+                let left = doc! { query::RELEASE_ID: local.id() };
+                local.released_here(&left);
+                return Ok(true);
+            }
+        }
+        let update = write(filter, hand_over != HandOver::Never);
         let released = self
             .bounded(key, self.operation_timeout(), async { Ok(update.await?) })
             .await?;
@@ -662,7 +688,7 @@ impl MongoLock {
         key: String,
         filter: Document,
         min_hold_millis: i64,
-        hand_over: bool,
+        hand_over: HandOver,
         until: Until,
     ) {
         let (lock, task_key) = (self.clone(), key.clone());
@@ -730,7 +756,8 @@ impl MongoLock {
                 .await;
             let released = match left {
                 Ok(_) => {
-                    lock.release_where(&key, query::by_claim(&key, &owner, &claim), 0, true)
+                    let filter = query::by_claim(&key, &owner, &claim);
+                    lock.release_where(&key, filter, 0, HandOver::ToHead)
                         .await
                 }
                 Err(error) => Err(error),
@@ -865,7 +892,7 @@ impl IntoFuture for Release {
         Box::pin(async move {
             validate::holder(&self.key, &self.owner)?;
             self.lock
-                .release_held(&self.key, &self.owner, None, 0, false)
+                .release_held(&self.key, &self.owner, None, 0, HandOver::Never)
                 .await
         })
     }

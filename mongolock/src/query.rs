@@ -131,81 +131,114 @@ pub struct Queueing<'a> {
     /// attempt (no timeout) does not: it respects the queue but does not
     /// wait in it.
     pub join: bool,
+    /// The light attempt, for a key this process has not seen contended
+    /// lately: it takes a free lock only while the queue has no entry at
+    /// all, and otherwise changes nothing (it neither joins nor refreshes
+    /// an entry), so it costs what an unfair attempt does. A caller whose
+    /// light attempt did not take the lock tries again at once without it.
+    pub expect_none: bool,
 }
 
 /// The single-round-trip acquisition, used with `findOneAndUpdate`, upsert,
-/// and the document returned after the update.
+/// and the document returned after the update. One `$replaceWith` stage
+/// that keeps the document (`$$ROOT`) and merges into it only what changes,
+/// so an attempt that takes nothing writes nothing back.
 ///
 /// - `free`: no lease is running (new document, released, or expired).
 /// - `mine`: `owner` with the same `claim` (empty for `lock(key, owner)`)
-///   holds a running lease: a retry after a lost reply, or the Python
-///   package's re-entry by owner name. It renews the lease and keeps the
-///   token and `acquired_at`.
+///   holds the lock: a retry after a lost reply, or the Python package's
+///   re-entry by owner name. It renews the lease and keeps the token and
+///   `acquired_at` while the lease runs.
 /// - A new acquisition (`free`) gets a fencing token of
 ///   `max(previous + 1, server epoch ms x TOKENS_PER_MILLI)`.
-/// - Otherwise the holder's fields are written back unchanged.
+/// - An attempt that does not take the lock leaves the holder's fields as
+///   they are (and a free lock free: no token or time is stamped on it).
 ///
 /// With `fair`, a free lock is taken only by the head of the queue's live
 /// entries (or by anyone when none is live); a waiter that cannot take it
 /// extends its entry or, not queued yet, joins the queue's end (if
-/// [`Queueing::join`]); one that
-/// takes it leaves the queue; lapsed entries are dropped. Without, the queue
-/// is left as it is: an unfair acquisition ignores it.
+/// [`Queueing::join`]); one that takes it leaves the queue; lapsed entries
+/// are dropped. While there is no queue (no entry at all, the uncontended
+/// case), none of that is evaluated: the attempt costs what an unfair one
+/// does. Without `fair`, the queue is left as it is: an unfair acquisition
+/// ignores it.
 pub fn acquire_pipeline(
     owner: &str,
     claim: &str,
     lease_millis: i64,
     fair: Option<Queueing<'_>>,
 ) -> Vec<Document> {
-    let free = format!("${SCRATCH}.free");
-    let take = format!("${SCRATCH}.take");
     let mine = doc! { "$and": [
         { "$eq": [field(OWNER), { "$literal": owner }] },
         { "$eq": [{ "$ifNull": [field(CLAIM), ""] }, { "$literal": claim }] },
     ] };
-    let claim_value = if claim.is_empty() {
-        Bson::String("$$REMOVE".to_owned())
-    } else {
-        Bson::Document(doc! { "$literal": claim })
-    };
-    let keep = |name: &str| Bson::String(field(name));
     let expires = doc! { "$add": ["$$NOW", lease_millis] };
-    // Stage 1 computes, once: whether the lease is over (`free`), the live
-    // queue entries (fair only) and whether this attempt takes the lock.
-    let mut vars = doc! { "free": { "$lte": [held_until_millis(), now_millis()] } };
-    let mut scratch = doc! { "free": "$$free" };
-    let take_now = match fair {
-        None => doc! { "$or": ["$$free", mine] },
-        Some(_) => {
-            vars.insert("live", live_entries());
-            scratch.insert("live", "$$live");
+    let on_new = |name: &str, new: Bson| doc! { "$cond": ["$$free", new, field(name)] };
+    // What a taking attempt writes; `$$free` tells a new acquisition from
+    // a re-entry.
+    let taken = doc! {
+        OWNER: { "$literal": owner },
+        CLAIM: { "$literal": claim },
+        ACQUIRED_AT: on_new(ACQUIRED_AT, "$$NOW".into()),
+        EXPIRES_AT: &expires,
+        TOKEN: on_new(TOKEN, next_token().into()),
+        PY_LOCKED: true,
+        PY_EXPIRE: &expires,
+        PY_CREATED: on_new(PY_CREATED, "$$NOW".into()),
+    };
+    let merge = |fields: Document| doc! { "$mergeObjects": ["$$ROOT", fields] };
+    let take_or = |otherwise: Bson| {
+        doc! { "$cond": [{ "$or": ["$$free", &mine] }, merge(taken.clone()), otherwise] }
+    };
+    let decide = match fair {
+        None => take_or("$$ROOT".into()),
+        Some(queueing) if queueing.expect_none => doc! { "$cond": [
+            { "$or": [&mine, { "$and": [
+                "$$free",
+                { "$eq": [{ "$size": { "$ifNull": [field(QUEUE), []] } }, 0] },
+            ] }] },
+            merge(taken.clone()),
+            "$$ROOT",
+        ] },
+        Some(queueing) => {
+            let entry = doc! {
+                WAITER: { "$literal": claim },
+                PROCESS: { "$literal": queueing.tag },
+                ENTRY_EXPIRES: { "$add": ["$$NOW", queueing.expiry_millis] },
+                ENTRY_OWNER: { "$literal": owner },
+                ENTRY_LEASE: lease_millis,
+            };
+            let busy = if queueing.join {
+                Bson::Document(merge(doc! { QUEUE: [entry.clone()] }))
+            } else {
+                Bson::String("$$ROOT".to_owned())
+            };
+            let no_queue = take_or(busy);
             let admitted = doc! { "$or": [
                 { "$eq": [{ "$size": "$$live" }, 0] },
                 { "$eq": [{ "$arrayElemAt": [waiters("$$live"), 0] }, { "$literal": claim }] },
             ] };
-            doc! { "$or": [mine, { "$and": ["$$free", admitted] }] }
+            let mut taken_leaving = taken.clone();
+            taken_leaving.insert(QUEUE, without(claim, "$$live"));
+            let queued = doc! { "$let": {
+                "vars": { "live": live_entries() },
+                "in": { "$cond": [
+                    { "$or": [&mine, { "$and": ["$$free", admitted] }] },
+                    merge(taken_leaving),
+                    merge(doc! { QUEUE: queue_staying(claim, "$$live", entry, queueing.join) }),
+                ] },
+            } };
+            doc! { "$cond": [
+                { "$eq": [{ "$size": { "$ifNull": [field(QUEUE), []] } }, 0] },
+                no_queue,
+                queued,
+            ] }
         }
     };
-    scratch.insert("take", take_now);
-    let first = doc! { "$set": { SCRATCH: { "$let": { "vars": vars, "in": scratch } } } };
-    let mut second = doc! {
-            OWNER: { "$cond": [&take, { "$literal": owner }, keep(OWNER)] },
-            CLAIM: { "$cond": [&take, claim_value, keep(CLAIM)] },
-            ACQUIRED_AT: { "$cond": [&free, "$$NOW", keep(ACQUIRED_AT)] },
-            EXPIRES_AT: { "$cond": [&take, &expires, keep(EXPIRES_AT)] },
-            TOKEN: { "$cond": [&free, next_token(), keep(TOKEN)] },
-            PY_LOCKED: { "$cond": [&take, true, keep(PY_LOCKED)] },
-            PY_EXPIRE: { "$cond": [&take, &expires, keep(PY_EXPIRE)] },
-        PY_CREATED: { "$cond": [&free, "$$NOW", keep(PY_CREATED)] },
-        SCRATCH: "$$REMOVE",
-    };
-    if let Some(queueing) = fair {
-        second.insert(
-            QUEUE,
-            queue_after(owner, claim, lease_millis, &take, queueing),
-        );
-    }
-    vec![first, doc! { "$set": second }]
+    vec![doc! { "$replaceWith": { "$let": {
+        "vars": { "free": { "$lte": [held_until_millis(), now_millis()] } },
+        "in": decide,
+    } } }]
 }
 
 /// A new acquisition's fencing token (see [`TOKENS_PER_MILLI`]).
@@ -234,46 +267,55 @@ fn waiters(queue: &str) -> Document {
     doc! { "$map": { "input": queue, "as": "e", "in": format!("$$e.{WAITER}") } }
 }
 
-/// The queue after a fair attempt: without its lapsed entries, and without
-/// the waiter if it takes the lock, else with its entry extended or (if it
-/// joins) appended. Removed when empty.
-fn queue_after(
-    owner: &str,
-    claim: &str,
-    lease_millis: i64,
-    take: &str,
-    queueing: Queueing<'_>,
-) -> Document {
-    let live = format!("${SCRATCH}.live");
-    let waiter = format!("$$e.{WAITER}");
-    let entry = doc! {
-        WAITER: { "$literal": claim },
-        PROCESS: { "$literal": queueing.tag },
-        ENTRY_EXPIRES: { "$add": ["$$NOW", queueing.expiry_millis] },
-        ENTRY_OWNER: { "$literal": owner },
-        ENTRY_LEASE: lease_millis,
-    };
-    let without_me = doc! { "$filter": {
-        "input": &live, "as": "e", "cond": { "$ne": [&waiter, { "$literal": claim }] },
-    } };
-    let extended = doc! { "$map": {
-        "input": &live, "as": "e",
-        "in": { "$cond": [{ "$eq": [&waiter, { "$literal": claim }] }, &entry, "$$e"] },
-    } };
-    let queued = doc! { "$in": [{ "$literal": claim }, waiters(&live)] };
-    let room = doc! { "$lt": [{ "$size": &live }, MAX_QUEUE] };
-    let stay = if queueing.join {
-        doc! { "$cond": [queued, extended, {
-            "$cond": [room, { "$concatArrays": [&live, [entry.clone()]] }, &live],
-        }] }
-    } else {
-        doc! { "$cond": [queued, extended, &live] }
-    };
-    let after = doc! { "$cond": [take, without_me, stay] };
-    doc! { "$let": {
-        "vars": { "q": after },
-        "in": { "$cond": [{ "$eq": [{ "$size": "$$q" }, 0] }, "$$REMOVE", "$$q"] },
+/// The entries of `queue` other than `claim`'s.
+fn without(claim: &str, queue: &str) -> Document {
+    doc! { "$filter": {
+        "input": queue, "as": "e",
+        "cond": { "$ne": [format!("$$e.{WAITER}"), { "$literal": claim }] },
     } }
+}
+
+/// The queue after a fair attempt that did not take the lock: `queue` (the
+/// live entries) with the waiter's entry extended or, if it `join`s and
+/// there is room, appended.
+fn queue_staying(claim: &str, queue: &str, entry: Document, join: bool) -> Document {
+    let extended = doc! { "$map": {
+        "input": queue, "as": "e",
+        "in": { "$cond": [
+            { "$eq": [format!("$$e.{WAITER}"), { "$literal": claim }] },
+            &entry,
+            "$$e",
+        ] },
+    } };
+    let queued = doc! { "$in": [{ "$literal": claim }, waiters(queue)] };
+    if !join {
+        return doc! { "$cond": [queued, extended, queue] };
+    }
+    let room = doc! { "$lt": [{ "$size": queue }, MAX_QUEUE] };
+    doc! { "$cond": [queued, extended, {
+        "$cond": [room, { "$concatArrays": [queue, [entry]] }, queue],
+    }] }
+}
+
+/// Whether and how a release hands the lock over to the queue's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandOver {
+    /// Leave the lock free: an unfair release, `release(key, owner)`.
+    Never,
+    /// A fair release, by the hand-over pipeline ([`release_update`]).
+    ToHead,
+    /// A fair release by a holder that saw no queue when it took the lock
+    /// (the uncontended case): first the plain operator release, on a
+    /// filter that matches only while there is still no queue
+    /// ([`without_queue`]); the hand-over pipeline only if that found
+    /// nothing.
+    ToHeadIfQueued,
+}
+
+/// `filter`, matching only a lock without a queue (no entry at all).
+pub(crate) fn without_queue(mut filter: Document) -> Document {
+    filter.insert(format!("{QUEUE}.0"), doc! { "$exists": false });
+    filter
 }
 
 /// Extends the lease from the server's now. Used with a [`by_holder`] filter.

@@ -277,6 +277,7 @@ impl MongoLock {
             info,
             anchor,
             handed: true,
+            queued: true,
         })
     }
 
@@ -364,7 +365,11 @@ impl Drop for Orphan<'_> {
                 self.req.key.clone(),
                 crate::query::by_claim(&self.req.key, &self.req.owner, &self.req.claim),
                 0,
-                self.req.fair,
+                if self.req.fair {
+                    crate::query::HandOver::ToHeadIfQueued
+                } else {
+                    crate::query::HandOver::Never
+                },
                 crate::mongo_lock::Until::Found,
             );
         }
