@@ -17,9 +17,12 @@ const WAIT: Duration = Duration::from_secs(20);
 /// so returning before it ends shows the bound, not the stall, ended the wait.
 const STALL: Duration = Duration::from_secs(15);
 
-fn stall(command: &str) -> mongodb::bson::Document {
+/// The commands a release sends.
+const RELEASES: [&str; 2] = ["update", "findAndModify"];
+
+fn stall(commands: &[&str]) -> mongodb::bson::Document {
     doc! {
-        "failCommands": [command],
+        "failCommands": commands,
         "blockConnection": true,
         "blockTimeMS": STALL.as_millis() as i64,
     }
@@ -105,7 +108,7 @@ async fn waiter_returns_at_its_timeout_while_the_server_clock_read_stalls() {
     // The waiter's connection exists, so only its clock read (a `hello`)
     // meets the stall.
     assert!(waiter.is_locked("job").await.unwrap());
-    fx.fail(1, "waiter", stall("hello")).await;
+    fx.fail(1, "waiter", stall(&["hello"])).await;
     let started = Instant::now();
     let waited = waiter
         .acquire("job")
@@ -133,8 +136,9 @@ async fn release_returns_within_the_operation_timeout_when_the_server_stalls() {
         .expires(Duration::from_secs(60))
         .await
         .unwrap();
-    // A release is a findAndModify, which returns the queue.
-    fx.fail(1, "holder", stall("findAndModify")).await;
+    // A release is an update (no queue seen) or a findAndModify (the
+    // hand-over, which returns the queue): the first of either stalls.
+    fx.fail(1, "holder", stall(&RELEASES)).await;
     let released = guard.release().await;
     assert!(
         matches!(released, Err(Error::TimedOut { .. })),
@@ -143,10 +147,10 @@ async fn release_returns_within_the_operation_timeout_when_the_server_stalls() {
 }
 
 /// A job whose body makes the release after it stall (a release and an
-/// acquisition are both a findAndModify).
+/// acquisition are both among `RELEASES`).
 #[mongo_locked(key = "job", lock = lock, expires = 60)]
 async fn stalling_job(lock: &MongoLock, fx: &FaultServer) -> Result<&'static str, Error> {
-    fx.fail(1, "holder", stall("findAndModify")).await;
+    fx.fail(1, "holder", stall(&RELEASES)).await;
     Ok("done")
 }
 
@@ -257,9 +261,18 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             ),
         ),
         (
-            "release by the Python package",
+            "release by an update of locked alone",
             true,
             updated(doc! { "locked": false }, vec![]),
+        ),
+        (
+            // It replaces the whole document: our queue and release id are
+            // gone, so every process's oldest waiter is told.
+            "release by the Python package",
+            true,
+            doc! { "operationType": "replace", "fullDocument": {
+                "locked": false, "owner": null, "created": null, "expire": null,
+            } },
         ),
         ("document deleted", true, doc! { "operationType": "delete" }),
         (
@@ -301,7 +314,7 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
         (
             "release rewritten whole, 4.4",
             true,
-            doc! { "operationType": "replace", "fullDocument": { "locked": false } },
+            doc! { "operationType": "replace", "fullDocument": { "locked": false, "release_id": "r1" } },
         ),
         (
             "release, the queue headed by a waiter here",
@@ -317,7 +330,8 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             "release, 4.4, the queue headed elsewhere",
             false,
             doc! { "operationType": "replace", "fullDocument": {
-                "locked": false, "queue": [{ "w": "c1", "p": "elsewhere" }, { "w": "c2", "p": "here" }],
+                "locked": false, "release_id": "r1",
+                "queue": [{ "w": "c1", "p": "elsewhere" }, { "w": "c2", "p": "here" }],
             } },
         ),
         (
@@ -365,7 +379,7 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
     let no_queue = [
         "release",
         "force release in a minimum hold",
-        "release by the Python package",
+        "release by an update of locked alone",
         "release rewritten whole, 4.4",
     ];
     for wide in [true, false] {

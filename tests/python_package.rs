@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mongolock::{Error, MongoLock};
-use mongolock_suite::{fresh_collection, server_uri, workspace_root};
+use mongolock_suite::{fresh_collection, server_uri, workspace_root, Commands};
 
 /// A Python worker on the same collection.
 struct PythonPeer {
@@ -117,5 +117,34 @@ async fn expired_python_lock_is_taken_and_converted() {
     assert_eq!(info.owner.as_deref(), Some(guard.owner()));
     assert_eq!(info.token, guard.token());
     assert!(py.is_locked("job"), "the Python side must see our lock");
+    assert!(guard.release().await.unwrap());
+}
+
+/// A release by the Python package replaces the whole lock document, our
+/// queue and release id included. A waiter of ours queued behind the
+/// Python holder hears of it from that replacement's change event, not
+/// from a timer (its queue entry here outlasts the test, and its lease
+/// check is 30 s away).
+#[tokio::test]
+async fn a_python_release_wakes_our_queued_waiter_by_its_change_event() {
+    let coll = fresh_collection("python_wakes").await;
+    let (lock, commands) = Commands::lock(&coll).await;
+    let lock = lock.with_queue_expiry(Duration::from_secs(600)).unwrap();
+    let py = PythonPeer::new(&lock);
+    assert!(py.lock("job", "py-worker", Some(600)));
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire("job").timeout(Duration::from_secs(600)).await }
+    });
+    // Its light attempt, its queued one, and the look after the stream
+    // opened: asleep, listening.
+    commands.until_listening(3).await;
+    let delivered = commands.delivered();
+    py.release("job", "py-worker");
+    let guard = waiter.await.unwrap().unwrap();
+    assert!(
+        commands.delivered() > delivered,
+        "the waiter took the lock without hearing of the release"
+    );
     assert!(guard.release().await.unwrap());
 }

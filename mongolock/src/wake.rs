@@ -447,7 +447,9 @@ struct StreamTask {
 /// and of the releases only those that leave a queue headed by this process
 /// or (if `wide`, for waiters outside any queue) no queue; and the releases that handed the lock over to a waiter of
 /// this process (their release id ends in its tag), whose looked-up
-/// document tells that waiter its lock. Acquisitions, takeovers, renewals
+/// document tells that waiter its lock; and releases by the Python package
+/// (a replacement without a release id, which drops the queue), which every
+/// process hears. Acquisitions, takeovers, renewals
 /// and queue updates wake nobody: a waiter could not take the lock after
 /// them; nor does a release whose next holder waits in another process.
 ///
@@ -485,6 +487,14 @@ pub fn release_events(tag: &str, wide: bool) -> Vec<Document> {
             ] },
             { format!("updateDescription.updatedFields.{RELEASE_ID}"): &handed_here },
             { "operationType": "replace", format!("fullDocument.{RELEASE_ID}"): &handed_here },
+            // A release by the Python package: it replaces the whole
+            // document, our queue included, so whoever asks first may
+            // take the lock, and every process is told.
+            {
+                "operationType": "replace",
+                format!("fullDocument.{PY_LOCKED}"): false,
+                format!("fullDocument.{RELEASE_ID}"): { "$exists": false },
+            },
         ] } },
         doc! { "$project": project },
     ]
