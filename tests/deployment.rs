@@ -335,6 +335,27 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             } },
         ),
         (
+            "a waiter leaving the queue of a free lock, the new head here",
+            true,
+            doc! { "operationType": "update",
+            "updateDescription": { "updatedFields": { "release_id": "l1", "queue": [] }, "removedFields": [] },
+            "fullDocument": { "locked": false, "queue": [{ "w": "c2", "p": "here" }] } },
+        ),
+        (
+            "a waiter leaving the queue of a free lock, the new head elsewhere",
+            false,
+            doc! { "operationType": "update",
+            "updateDescription": { "updatedFields": { "release_id": "l1", "queue": [] }, "removedFields": [] },
+            "fullDocument": { "locked": false, "queue": [{ "w": "c2", "p": "elsewhere" }] } },
+        ),
+        (
+            "a waiter leaving the queue of a held lock",
+            false,
+            doc! { "operationType": "update",
+            "updateDescription": { "updatedFields": { "release_id": "l1", "queue": [] }, "removedFields": [] },
+            "fullDocument": { "locked": true, "queue": [{ "w": "c2", "p": "here" }] } },
+        ),
+        (
             "release that hands the lock to a waiter here",
             true,
             updated(

@@ -8,7 +8,8 @@
 //! before the check (the Python package cannot check, so its belief runs
 //! from `lock()`'s return to its own expiry or its release). The test then
 //! asserts that no two beliefs overlap and that fencing tokens grow in the
-//! order of acquisition. Runs its own server (it pauses it).
+//! order of acquisition. Runs its own server (it pauses it). Writes a
+//! summary row to `target/pause-nemesis/`, which `.ci/run` prints.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -390,6 +391,19 @@ async fn paused_workers_and_server_never_believe_at_once_and_tokens_grow() {
     for violation in &found {
         println!("{violation}");
     }
+    // A row for `.ci/run` to print.
+    let dir = workspace_root().join("target/pause-nemesis");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("summary.md"),
+        format!(
+            "| {} s | {} | {counts:?} | {frozen} | {server_frozen} | {killed} | {} |\n",
+            RUN.as_secs(),
+            history.beliefs.len(),
+            found.len(),
+        ),
+    )
+    .unwrap();
     for kind in ["fair", "unfair", "renew", "python"] {
         assert!(
             counts.iter().any(|(k, n)| *k == kind && *n > 0),

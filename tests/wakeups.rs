@@ -211,3 +211,51 @@ async fn the_change_stream_closes_once_no_waiter_is_left_and_opens_again_for_the
             .expect("the change stream stayed open with no waiter");
     }
 }
+
+/// A stream widened for a waiter outside any queue narrows again once it
+/// closed for want of waiters: the next one, opened for a queued waiter, is
+/// not sent releases that leave no queue. (Events come in order, so the one
+/// release delivered before the waiter's lock is handed over is the
+/// hand-over itself.)
+#[tokio::test]
+async fn a_widened_stream_opens_narrow_again_after_it_closed() {
+    let holders = fresh_lock("narrow_again").await;
+    let (waiters, commands) = mongolock_suite::Commands::lock(holders.collection()).await;
+    let waiters = waiters.with_stream_idle_close(Duration::ZERO).unwrap();
+    // An unfair waiter widens the stream, gets the lock, leaves; the idle
+    // stream closes.
+    let held = holders
+        .acquire("a")
+        .expires(Duration::from_secs(120))
+        .await
+        .unwrap();
+    let unfair = tokio::spawn({
+        let waiters = waiters.clone();
+        async move { waiters.acquire("a").fair(false).timeout(WAIT).await }
+    });
+    commands.until(|c| c.count("getMore").0 >= 1).await;
+    assert!(held.release().await.unwrap());
+    unfair.await.unwrap().unwrap().release().await.unwrap();
+    commands.until(|c| c.count("killCursors").0 >= 1).await;
+    // A queued waiter opens the next stream.
+    let held = holders
+        .acquire("b")
+        .expires(Duration::from_secs(120))
+        .await
+        .unwrap();
+    let get_mores = commands.count("getMore").0;
+    let queued = waiter(&waiters, "b");
+    commands
+        .until(|c| c.count("aggregate").1 >= 2 && c.count("getMore").0 > get_mores)
+        .await;
+    let delivered = commands.delivered();
+    // A release that leaves no queue, then the hand-over to the waiter.
+    holders.acquire("c").await.unwrap().release().await.unwrap();
+    assert!(held.release().await.unwrap());
+    queued.await.expect("the waiter did not get the lock");
+    assert_eq!(
+        commands.delivered() - delivered,
+        1,
+        "a narrow stream is sent the hand-over only"
+    );
+}

@@ -6,9 +6,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mongodb::bson::{doc, DateTime};
+use mongodb::Client;
 use tokio::time::Instant;
-
-use crate::mongo_lock::MongoLock;
 
 /// How long a sample is trusted before a waiter asks the server again.
 const SAMPLE_TTL: Duration = Duration::from_secs(60);
@@ -100,23 +99,23 @@ impl ServerClock {
     }
 }
 
-impl MongoLock {
-    /// Makes sure the clock estimate is fresh, asking the server (`hello`
+impl ServerClock {
+    /// Makes sure the estimate is fresh, asking `client`'s server (`hello`
     /// reports its time) at most once a minute. Failure leaves it unknown:
     /// waiters then poll.
-    pub(crate) async fn refresh_server_clock(&self) {
-        if self.server_clock().fresh().is_some() {
+    pub(crate) async fn refresh(&self, client: &Client) {
+        if self.fresh().is_some() {
             return;
         }
         // Another waiter is asking; this one polls until the answer is in.
-        let Ok(_refreshing) = self.server_clock().refreshing.try_lock() else {
+        let Ok(_refreshing) = self.refreshing.try_lock() else {
             return;
         };
         let probe = Probe::start();
-        let db = self.collection().client().database("admin");
+        let db = client.database("admin");
         match db.run_command(doc! { "hello": 1 }).await {
             Ok(reply) => match reply.get_datetime("localTime") {
-                Ok(server) => self.server_clock().observe(&probe, *server),
+                Ok(server) => self.observe(&probe, *server),
                 Err(_) => tracing::debug!("mongolock: the server's hello has no localTime"),
             },
             Err(error) => tracing::debug!(%error, "mongolock: cannot read the server's clock"),

@@ -9,9 +9,10 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
-use crate::lease::{Anchor, Lease, Renewal};
+use crate::lease::{Anchor, Lease};
 use crate::mongo_lock::MongoLock;
 use crate::query::HandOver;
+use crate::renewal::Renewal;
 use crate::validate;
 
 /// How an acquisition was made, for the guard it becomes.
@@ -36,7 +37,7 @@ pub(crate) struct Held {
 
 /// A held lock. Release it with [`release`](Self::release); dropping it
 /// unreleased inside a tokio runtime releases it in the background (await
-/// [`MongoLock::finish_releases`] before the runtime ends), and elsewhere the
+/// [`MongoLock::finish_releases`](crate::MongoLock::finish_releases) before the runtime ends), and elsewhere the
 /// lease simply runs out.
 ///
 /// Renewals and the release check both the owner and this acquisition's
@@ -257,7 +258,7 @@ impl Drop for LockGuard {
             filter,
             self.min_hold_millis,
             self.hand_over,
-            crate::mongo_lock::Until::Done,
+            crate::release::Until::Done,
         );
     }
 }

@@ -5,7 +5,7 @@
 //! (`lock`, `release`, `touch`, a scoped form that fails with
 //! [`Error::Locked`]) and removes its two traps:
 //!
-//! - **Shared owner names.** [`MongoLock::acquire`] makes a unique owner per
+//! - **Shared owner names.** [`MongoLock::acquire`](crate::MongoLock::acquire) makes a unique owner per
 //!   acquisition, and a [`LockGuard`] checks its fencing token on every write,
 //!   so one worker can never release or renew another's lock.
 //! - **Clock drift.** Every expiry decision is made by the server with
@@ -44,35 +44,46 @@
 #[path = "private.rs"]
 pub mod __private;
 mod acquire;
+mod attempt;
+mod backoff;
 mod clock;
 mod contention;
 mod error;
 mod global;
 mod guard;
+mod index;
 mod info;
 mod lease;
 mod metrics;
 mod mongo_lock;
 mod owner;
+mod pending;
 mod query;
 mod redact;
+mod release;
+mod renewal;
+mod settings;
+mod touch;
 mod validate;
 mod wait;
 mod wake;
 
 pub use acquire::{Acquire, Lock};
+pub use backoff::Backoff;
 pub use error::{Error, Result};
 pub use global::{configure, global};
 pub use guard::LockGuard;
 pub use info::LockInfo;
-pub use mongo_lock::{
-    MongoLock, Release, Touch, DEFAULT_CLEANUP_AFTER, DEFAULT_COLLECTION, DEFAULT_DATABASE,
-    DEFAULT_EXPIRES, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_OPERATION_TIMEOUT, DEFAULT_QUEUE_EXPIRY,
+pub use mongo_lock::MongoLock;
+pub use owner::unique_owner;
+pub use release::Release;
+pub use settings::{
+    DEFAULT_CLEANUP_AFTER, DEFAULT_COLLECTION, DEFAULT_DATABASE, DEFAULT_EXPIRES,
+    DEFAULT_MAX_CLOCK_SKEW, DEFAULT_OPERATION_TIMEOUT, DEFAULT_QUEUE_EXPIRY,
     DEFAULT_STREAM_IDLE_CLOSE, MIN_CLEANUP_AFTER,
 };
-pub use owner::unique_owner;
+pub use touch::Touch;
 pub use validate::{MAX_DURATION, MAX_KEY_BYTES, MAX_OWNER_BYTES};
-pub use wait::Backoff;
 
 pub use mongodb;
 

@@ -297,6 +297,22 @@ fn queue_staying(claim: &str, queue: &str, entry: Document, join: bool) -> Docum
     }] }
 }
 
+/// Filter for the lock document while `claim` is in its queue.
+pub(crate) fn queued_as(key: &str, claim: &str) -> Document {
+    doc! { "_id": key, format!("{QUEUE}.{WAITER}"): claim }
+}
+
+/// Takes `claim` out of the queue, and marks the write with a fresh
+/// `release_id`: if the lock is free, the change stream tells the new head
+/// that it is its turn, as a release would (see
+/// [`crate::wake::release_events`]). Used with [`queued_as`].
+pub(crate) fn leave_queue(claim: &str, release_id: &str) -> Document {
+    doc! {
+        "$pull": { QUEUE: { WAITER: claim } },
+        "$set": { RELEASE_ID: release_id },
+    }
+}
+
 /// Whether and how a release hands the lock over to the queue's head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HandOver {

@@ -2,15 +2,13 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
 
-use crate::acquire::{Attempt, Place, Request};
+use crate::attempt::{Attempt, Place, Request};
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
 use crate::lease::Anchor;
 use crate::mongo_lock::MongoLock;
-use crate::validate;
 
 /// The shortest time the attempt at the deadline may take: a waiter returns
 /// at most this long after its timeout when the server does not answer.
@@ -19,78 +17,6 @@ const LAST_ATTEMPT_GRACE: Duration = Duration::from_millis(500);
 /// With a change stream open, a waiter still rechecks this often, in case
 /// an event was lost.
 const STREAM_RECHECK: Duration = Duration::from_secs(30);
-
-/// Exponential backoff with jitter between a floor and a cap.
-///
-/// The n-th wait is drawn uniformly from the upper half of
-/// `[floor, min(cap, floor * 2^n)]`, so waiters spread out but a waiter at
-/// the cap polls at most once per `cap / 2`.
-/// Waiters never sleep past their deadline, and make a last attempt at it.
-///
-/// ```
-/// use std::time::Duration;
-/// use mongolock::Backoff;
-///
-/// let backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250))?;
-/// assert_eq!(backoff.cap(), Duration::from_millis(250));
-/// # Ok::<(), mongolock::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    floor: Duration,
-    cap: Duration,
-}
-
-impl Default for Backoff {
-    /// 10 ms to 2 s: a waiter that has polled a while costs the server
-    /// at most one command a second.
-    fn default() -> Self {
-        Self {
-            floor: Duration::from_millis(10),
-            cap: Duration::from_secs(2),
-        }
-    }
-}
-
-impl Backoff {
-    /// A backoff between `floor` and `cap`. Both must be at least 1 ms, and
-    /// `floor` must not exceed `cap`.
-    pub fn new(floor: Duration, cap: Duration) -> Result<Self> {
-        validate::positive_millis("backoff floor", floor)?;
-        validate::positive_millis("backoff cap", cap)?;
-        if floor > cap {
-            return Err(Error::InvalidDuration {
-                what: "backoff floor",
-                duration: floor,
-                reason: "must not exceed the backoff cap",
-            });
-        }
-        Ok(Self { floor, cap })
-    }
-
-    /// The shortest wait.
-    pub fn floor(&self) -> Duration {
-        self.floor
-    }
-
-    /// The longest wait.
-    pub fn cap(&self) -> Duration {
-        self.cap
-    }
-
-    /// The wait before retry number `retry` (0-based).
-    pub(crate) fn delay(&self, retry: u32) -> Duration {
-        let ceiling = self
-            .floor
-            .checked_mul(1_u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
-            .map_or(self.cap, |d| d.min(self.cap));
-        let low = (ceiling / 2).max(self.floor);
-        if ceiling <= low {
-            return ceiling;
-        }
-        rand::rng().random_range(low..=ceiling)
-    }
-}
 
 impl MongoLock {
     /// Attempts until the lock is taken or the timeout is reached.
@@ -115,6 +41,7 @@ impl MongoLock {
             lock: self,
             req,
             armed: false,
+            lingering: false,
             queued: false,
         };
         let result = self.attempt_until_inner(req, &mut orphan).await;
@@ -142,6 +69,7 @@ impl MongoLock {
             (req.timeout, req.timeout.map(|t| Instant::now() + t))
         else {
             orphan.armed = true;
+            orphan.lingering = true;
             return self
                 .bounded(&req.key, single, self.attempt(req))
                 .await
@@ -173,6 +101,7 @@ impl MongoLock {
             let start = Instant::now();
             let cutoff = deadline.max(start + LAST_ATTEMPT_GRACE).min(start + single);
             orphan.armed = true;
+            orphan.lingering = true;
             let attempt = match tokio::time::timeout_at(cutoff, self.attempt(req)).await {
                 Ok(result) => result,
                 Err(_) => Err(Error::TimedOut {
@@ -184,7 +113,12 @@ impl MongoLock {
             let now = Instant::now();
             let (holder, place) = match attempt {
                 Ok(Attempt::Busy(holder, place)) => {
+                    // Answered: no attempt of this waiter is in flight any
+                    // more, and none took the lock (it would have
+                    // re-entered). One earlier unanswered attempt might
+                    // still land late: a single release covers that.
                     orphan.armed = unknown;
+                    orphan.lingering = false;
                     failures = 0;
                     newest_token = newest_token.max(holder.token);
                     if let Some(server) = place.refreshed {
@@ -291,7 +225,11 @@ impl MongoLock {
         deadline: Instant,
     ) -> Instant {
         // Asking the server's time must not outlive the wait.
-        let _ = tokio::time::timeout_at(deadline, self.refresh_server_clock()).await;
+        let _ = tokio::time::timeout_at(
+            deadline,
+            self.server_clock().refresh(self.collection().client()),
+        )
+        .await;
         let expiry = self.server_clock().local_instant(holder.expires_at);
         if let Some(expiry) = expiry {
             if expiry <= now {
@@ -347,6 +285,11 @@ struct Orphan<'a> {
     lock: &'a MongoLock,
     req: &'a Request,
     armed: bool,
+    /// The last attempt went unanswered (or is in flight): the server may
+    /// still apply it after a release, so the release is repeated until it
+    /// finds the lock or the operation timeout has passed. Otherwise one
+    /// release is enough.
+    lingering: bool,
     queued: bool,
 }
 
@@ -370,7 +313,11 @@ impl Drop for Orphan<'_> {
                 } else {
                     crate::query::HandOver::Never
                 },
-                crate::mongo_lock::Until::Found,
+                if self.lingering {
+                    crate::release::Until::Found
+                } else {
+                    crate::release::Until::Done
+                },
             );
         }
     }
@@ -384,29 +331,5 @@ fn log_outcome(req: &Request, attempt: &Attempt) {
         Attempt::Busy(holder, _) => {
             tracing::debug!(key = %req.key, owner = %req.owner, holder = ?holder.owner, "mongolock busy");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delays_stay_within_floor_and_cap() {
-        let b = Backoff::new(Duration::from_millis(3), Duration::from_millis(40)).expect("valid");
-        for retry in 0..100 {
-            let d = b.delay(retry);
-            assert!(d >= b.floor() && d <= b.cap(), "{retry}: {d:?}");
-        }
-        // At the cap, never more often than once per cap / 2.
-        assert!((0..100).all(|_| b.delay(40) >= b.cap() / 2));
-        assert_eq!(b.delay(0), b.floor());
-    }
-
-    #[test]
-    fn floor_above_cap_is_refused() {
-        let err = Backoff::new(Duration::from_secs(2), Duration::from_secs(1));
-        assert!(matches!(err, Err(Error::InvalidDuration { .. })));
-        assert!(Backoff::new(Duration::ZERO, Duration::from_secs(1)).is_err());
     }
 }

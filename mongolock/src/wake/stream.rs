@@ -1,0 +1,268 @@
+//! The change stream that wakes a process's waiters: one per `MongoLock`,
+//! opened by the first waiter that finds a lock taken, filtered on the
+//! server to the releases this process's waiters can act on, and closed
+//! once it has had no waiter for a while.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use mongodb::options::FullDocumentType;
+use mongodb::Collection;
+use tokio::sync::{watch, Notify};
+
+use super::{TaskAlive, Wakeups, DOWN, OPEN, OPENING, UNAVAILABLE};
+use crate::query::{GRANTED_TO, PROCESS, PY_LOCKED, QUEUE, RELEASE_ID, RELEASE_VIEW};
+
+/// How long to wait before reopening a broken stream.
+const REOPEN_DELAY: Duration = Duration::from_secs(1);
+
+/// How long the server holds a `getMore` open without an event to return
+/// (its `maxAwaitTimeMS`): what an idle stream costs, one command per this
+/// much time. A release is delivered as soon as it happens, whatever this is.
+const MAX_AWAIT: Duration = Duration::from_secs(10);
+
+pub(super) struct StreamTask {
+    wakeups: std::sync::Weak<Wakeups>,
+    collection: Collection<Document>,
+    shutdown: watch::Receiver<()>,
+    widen: Arc<Notify>,
+    /// Part of the task from its creation, so that it is dropped also with
+    /// a task that a runtime shutting down never polled.
+    _alive: TaskAlive,
+}
+
+/// The events after which a waiter of the process tagged `tag` may take a
+/// lock: a release (which sets `locked: false`, as the Python package's does
+/// too; `force_release` also during a minimum hold) and a deleted document,
+/// and of the releases only those that leave a queue headed by this process
+/// or (if `wide`, for waiters outside any queue) no queue; and the releases that handed the lock over to a waiter of
+/// this process (their release id ends in its tag), whose looked-up
+/// document tells that waiter its lock; and releases by the Python package
+/// (a replacement without a release id, which drops the queue), which every
+/// process hears. Acquisitions, takeovers, renewals
+/// and queue updates wake nobody: a waiter could not take the lock after
+/// them; nor does a release whose next holder waits in another process.
+///
+/// Written for both shapes of events: MongoDB 5.0+ reports pipeline updates
+/// as `update` with the changed fields, 4.4 as `replace` with the whole
+/// document (SERVER-42116), so an acquisition or renewal there is a
+/// `replace` of a document with `locked: true`. The queue is read from the
+/// document as the stream looks it up (`updateLookup`), which may be a
+/// little later than the release: at worst a waiter is woken whose turn
+/// has just passed, and finds the lock taken.
+pub fn release_events(tag: &str, wide: bool) -> Vec<Document> {
+    let handed_here = doc! { "$regex": format!("{GRANTED_TO}{tag}$") };
+    let mut project = doc! {
+        "operationType": 1,
+        "documentKey": 1,
+        "updateDescription": 1,
+        "fullDocument._id": 1,
+    };
+    for field in RELEASE_VIEW {
+        project.insert(format!("fullDocument.{field}"), 1);
+    }
+    let mut whose_turn = vec![doc! { format!("fullDocument.{QUEUE}.0.{PROCESS}"): tag }];
+    if wide {
+        whose_turn.push(doc! { format!("fullDocument.{QUEUE}.0"): { "$exists": false } });
+    }
+    vec![
+        doc! { "$match": { "$or": [
+            { "operationType": "delete" },
+            { "$and": [
+                { "$or": [
+                    { format!("updateDescription.updatedFields.{PY_LOCKED}"): false },
+                    { "operationType": "replace", format!("fullDocument.{PY_LOCKED}"): false },
+                    // A waiter leaving the queue of a free lock: the new
+                    // head's turn has come (`query::leave_queue`).
+                    {
+                        format!("updateDescription.updatedFields.{RELEASE_ID}"): { "$exists": true },
+                        format!("fullDocument.{PY_LOCKED}"): false,
+                    },
+                ] },
+                { "$or": whose_turn },
+            ] },
+            { format!("updateDescription.updatedFields.{RELEASE_ID}"): &handed_here },
+            { "operationType": "replace", format!("fullDocument.{RELEASE_ID}"): &handed_here },
+            // A release by the Python package: it replaces the whole
+            // document, our queue included, so whoever asks first may
+            // take the lock, and every process is told.
+            {
+                "operationType": "replace",
+                format!("fullDocument.{PY_LOCKED}"): false,
+                format!("fullDocument.{RELEASE_ID}"): { "$exists": false },
+            },
+        ] } },
+        doc! { "$project": project },
+    ]
+}
+
+/// Server errors that mean "no change streams here": not a replica set or
+/// sharded cluster (40573), not authorized (13), unsupported (115, 40324).
+fn unsupported(error: &mongodb::error::Error) -> bool {
+    matches!(
+        error.kind.as_ref(),
+        mongodb::error::ErrorKind::Command(c) if matches!(c.code, 13 | 115 | 40324 | 40573)
+    )
+}
+
+impl StreamTask {
+    /// Starts the stream task of `wakeups`, reading `collection`.
+    pub(super) fn spawn(wakeups: &Arc<Wakeups>, collection: &Collection<Document>) {
+        let task = StreamTask {
+            wakeups: Arc::downgrade(wakeups),
+            collection: collection.clone(),
+            shutdown: wakeups.shutdown.subscribe(),
+            widen: wakeups.widen.clone(),
+            _alive: TaskAlive(Arc::downgrade(wakeups)),
+        };
+        tokio::spawn(task.run());
+    }
+
+    async fn run(mut self) {
+        // Where to pick up after a broken stream, so that no release between
+        // the break and the reopen goes unseen.
+        let mut resume = None;
+        loop {
+            let Some((tag, wide)) = self
+                .wakeups
+                .upgrade()
+                .map(|w| (w.tag.clone(), w.wide.load(Ordering::Acquire)))
+            else {
+                return;
+            };
+            let opened = self
+                .collection
+                .watch()
+                .pipeline(release_events(&tag, wide))
+                .full_document(FullDocumentType::UpdateLookup)
+                .max_await_time(MAX_AWAIT)
+                .resume_after(resume.clone())
+                .await;
+            let Some(wakeups) = self.wakeups.upgrade() else {
+                return;
+            };
+            let mut stream = match opened {
+                Ok(stream) => stream,
+                Err(error) if unsupported(&error) => {
+                    tracing::debug!(%error, "mongolock: change streams unavailable; waiters will poll");
+                    wakeups.set_status(UNAVAILABLE);
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "mongolock: cannot open the change stream; retrying");
+                    // The token may be too old to resume from; waiters
+                    // re-check when the new stream opens.
+                    resume = None;
+                    wakeups.set_status(DOWN);
+                    drop(wakeups);
+                    if self.pause().await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            wakeups.set_status(OPEN);
+            // Where the stream starts (the server's first resume token),
+            // before any `getMore`: a widening before the first event
+            // resumes from here too.
+            resume = stream.resume_token().or(resume);
+            let idle_close = wakeups.idle_close;
+            drop(wakeups);
+            let mut widened = false;
+            // Since when the stream has found no waiter, at each `getMore`.
+            let mut idle_since = None;
+            loop {
+                // One `getMore` at a time (`next_if_any`), so that between
+                // them the stream can say where it stands, also past events
+                // the filter dropped: a stream reopened from there misses
+                // nothing and replays nothing. (A `getMore` cut short
+                // leaves the stream unusable, so it is dropped then.)
+                let event = tokio::select! {
+                    event = stream.next_if_any() => event,
+                    _ = self.shutdown.changed() => return,
+                    _ = self.widen.notified(), if !wide => {
+                        widened = true;
+                        break;
+                    }
+                };
+                let Some(wakeups) = self.wakeups.upgrade() else {
+                    return;
+                };
+                match event {
+                    Ok(Some(event)) => {
+                        if let Some(key) = event
+                            .document_key
+                            .as_ref()
+                            .and_then(|k| k.get_str("_id").ok())
+                        {
+                            // The event's own id first: a looked-up
+                            // document may already show a later release's.
+                            let release_id = event
+                                .update_description
+                                .as_ref()
+                                .and_then(|u| u.updated_fields.get_str(RELEASE_ID).ok())
+                                .or_else(|| {
+                                    event
+                                        .full_document
+                                        .as_ref()
+                                        .and_then(|d| d.get_str(RELEASE_ID).ok())
+                                });
+                            wakeups.event(key, release_id, event.full_document.as_ref());
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "mongolock: change stream failed; reopening");
+                        wakeups.set_status(DOWN);
+                        break;
+                    }
+                }
+                resume = stream.resume_token().or(resume);
+                if !stream.is_alive() {
+                    wakeups.set_status(DOWN);
+                    break;
+                }
+                if !wakeups.idle() {
+                    idle_since = None;
+                } else if idle_since
+                    .get_or_insert_with(tokio::time::Instant::now)
+                    .elapsed()
+                    >= idle_close
+                {
+                    // Ending the task closes the stream and marks it not
+                    // started (`TaskAlive`), which wakes any waiter that
+                    // registered since: it looks again and opens a new one.
+                    tracing::debug!("mongolock: closing the change stream, no waiter left");
+                    // The next stream opens narrow: a waiter outside any
+                    // queue widens it again at its first busy attempt.
+                    wakeups.wide.store(false, Ordering::Release);
+                    return;
+                }
+            }
+            // Widening reopens at once, where the stream stood, and waiters
+            // go on counting on it meanwhile. Without a position (a server
+            // that gave no resume token yet) a release before the reopen
+            // could go unseen, so the waiters look again now and once the
+            // stream is open (the status leaves `OPEN` and comes back).
+            if widened {
+                if resume.is_none() {
+                    if let Some(wakeups) = self.wakeups.upgrade() {
+                        wakeups.set_status(OPENING);
+                    }
+                }
+            } else if self.pause().await {
+                return;
+            }
+        }
+    }
+
+    /// Waits before reopening; true if the lock was dropped meanwhile.
+    async fn pause(&mut self) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(REOPEN_DELAY) => self.wakeups.strong_count() == 0,
+            _ = self.shutdown.changed() => true,
+        }
+    }
+}
