@@ -409,11 +409,20 @@ impl Commands {
     /// A lock on `collection` through a client of its own whose commands
     /// are recorded.
     pub async fn lock(collection: &Collection<Document>) -> (MongoLock, Self) {
+        Self::lock_at(&server_uri().unwrap(), None, collection).await
+    }
+
+    /// [`lock`](Self::lock) on the server at `uri` (a fault server's), with
+    /// `app` as the client's name (for fail points that target it).
+    pub async fn lock_at(
+        uri: &str,
+        app: Option<&str>,
+        collection: &Collection<Document>,
+    ) -> (MongoLock, Self) {
         use mongodb::event::{command::CommandEvent, EventHandler};
         let commands = Self::default();
-        let mut options = mongodb::options::ClientOptions::parse(server_uri().unwrap())
-            .await
-            .unwrap();
+        let mut options = mongodb::options::ClientOptions::parse(uri).await.unwrap();
+        options.app_name = app.map(str::to_owned);
         let record = commands.clone();
         options.command_event_handler = Some(EventHandler::callback(move |event| {
             let entry = match event {

@@ -530,3 +530,111 @@ async fn changed_cleanup_delay_updates_the_existing_ttl_index() {
     assert!(second.lock("other", "b").await.unwrap());
     assert_eq!(ttl_seconds().await, Some(3600));
 }
+
+// ---- Real deployments: connection strings, elections, the driver ---------
+
+/// `mongodb://user:pw@host/admin` names the database to authenticate
+/// against in many old connection strings; locks never go there (nor to
+/// `local` or `config`), while a database of the application's is used.
+#[tokio::test]
+async fn system_databases_in_the_connection_string_are_never_the_lock_database() {
+    for (path, expected) in [
+        ("/admin", "mongolock"),
+        ("/local", "mongolock"),
+        ("/config", "mongolock"),
+        ("/jobs", "jobs"),
+        ("", "mongolock"),
+    ] {
+        // Connecting is lazy: nothing is sent to this address.
+        let uri = format!("mongodb://user:pw@127.0.0.1:1{path}?authSource=admin");
+        let lock = MongoLock::connect(&uri).await.unwrap();
+        assert_eq!(lock.collection().namespace().db, expected, "{uri}");
+    }
+}
+
+/// While a new primary is chosen or catches up, servers answer 133
+/// (FailedToSatisfyReadPreference) and 134
+/// (ReadConcernMajorityNotAvailableYet): a waiter rides through them as
+/// through "not primary".
+#[tokio::test]
+async fn waiter_rides_through_the_errors_of_an_election_in_progress() {
+    let fx = FaultServer::start(&[]).await;
+    let waiter = fx.lock("waiter").await;
+    for code in [133, 134] {
+        fx.fail(
+            3,
+            "waiter",
+            doc! { "failCommands": ["findAndModify"], "errorCode": code },
+        )
+        .await;
+        let guard = waiter.acquire(format!("job{code}")).timeout(WAIT).await;
+        let guard = guard.unwrap_or_else(|e| panic!("{code}: {e:?}"));
+        assert!(guard.release().await.unwrap());
+    }
+}
+
+/// Driver versions before 3.8.1 reported a write concern error on
+/// `findAndModify` as success (RUST-2479): the workspace asks for 3.8.1 at
+/// least, and the lockfile holds such a version.
+#[test]
+fn the_driver_is_one_that_reports_write_concern_errors_of_find_and_modify() {
+    let version = |text: &str, prefix: &str| -> (u32, u32, u32) {
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?}"));
+        let digits: Vec<u32> = line
+            .split('"')
+            .next()
+            .unwrap()
+            .split('.')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        (
+            digits[0],
+            *digits.get(1).unwrap_or(&0),
+            *digits.get(2).unwrap_or(&0),
+        )
+    };
+    let root = mongolock_suite::workspace_root();
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(version(&manifest, "mongodb = { version = \"") >= (3, 8, 1));
+    let lockfile = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    let locked = lockfile
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"mongodb\"\n"))
+        .unwrap();
+    assert!(version(locked, "version = \"") >= (3, 8, 1));
+}
+
+/// A change stream that cannot be opened for good (73, InvalidNamespace,
+/// as on `admin`) is given up after one try: waiters poll, and the lock is
+/// still taken once it is free; no reopen every second for as long as they
+/// wait.
+#[tokio::test]
+async fn a_stream_that_cannot_be_watched_is_tried_once_and_waiters_poll() {
+    let fx = FaultServer::start(&[]).await;
+    let holder = fx.lock("holder").await;
+    let collection = holder.collection().clone();
+    let (waiter, commands) =
+        mongolock_suite::Commands::lock_at(fx.server.uri(), Some("waiter"), &collection).await;
+    fx.fail(
+        10,
+        "waiter",
+        doc! { "failCommands": ["aggregate"], "errorCode": 73 },
+    )
+    .await;
+    let held = holder
+        .acquire("job")
+        .expires(Duration::from_secs(3))
+        .await
+        .unwrap();
+    let guard = waiter.acquire("job").timeout(WAIT).await.unwrap();
+    assert!(guard.token() > held.token());
+    assert_eq!(
+        commands.count("aggregate").0,
+        1,
+        "the stream was opened again"
+    );
+    assert!(guard.release().await.unwrap());
+}

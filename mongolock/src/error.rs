@@ -141,9 +141,12 @@ impl Error {
 pub(crate) fn transient(e: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
     /// Network, "not primary", "shutting down", interrupted, and
-    /// time-limit codes: what an election or a slow majority looks like.
-    const TRANSIENT_CODES: [i32; 15] = [
-        6, 7, 50, 64, 89, 91, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436,
+    /// time-limit codes: what an election or a slow majority looks like;
+    /// also 133 (FailedToSatisfyReadPreference) and 134
+    /// (ReadConcernMajorityNotAvailableYet), which servers return while a
+    /// new primary is being chosen or catches up.
+    const TRANSIENT_CODES: [i32; 17] = [
+        6, 7, 50, 64, 89, 91, 133, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436,
     ];
     e.contains_label("RetryableWriteError")
         || e.contains_label("TransientTransactionError")

@@ -69,10 +69,17 @@ impl std::fmt::Debug for MongoLock {
     }
 }
 
+/// Databases a connection string may name that are never a lock database.
+const SYSTEM_DATABASES: [&str; 3] = ["admin", "local", "config"];
+
 impl MongoLock {
     /// Locks in collection `lock` of the client's default database (the one
     /// its connection string names, as in `mongodb://host/jobs`) or, without
-    /// one, of database `mongolock`, as the Python package does. Written with
+    /// one, of database `mongolock`, as the Python package does. `admin`,
+    /// `local` and `config` are never taken as the lock database: old
+    /// connection strings name `admin` as the database to authenticate
+    /// against (`mongodb://user:pw@host/admin`), and an application cannot
+    /// (and should not) write locks there; `mongolock` is used instead. Written with
     /// majority write concern so that an acquisition survives a failover; a
     /// write the majority does not confirm within
     /// [`DEFAULT_OPERATION_TIMEOUT`](crate::DEFAULT_OPERATION_TIMEOUT) fails rather than hangs.
@@ -83,6 +90,7 @@ impl MongoLock {
             .build();
         let database = client
             .default_database()
+            .filter(|db| !SYSTEM_DATABASES.contains(&db.name()))
             .unwrap_or_else(|| client.database(DEFAULT_DATABASE));
         let collection = database.collection_with_options(
             DEFAULT_COLLECTION,

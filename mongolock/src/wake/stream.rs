@@ -98,14 +98,19 @@ pub fn release_events(tag: &str, wide: bool) -> Vec<Document> {
     ]
 }
 
-/// Server errors that mean "no change streams here": not a replica set or
-/// sharded cluster (40573), not authorized (13), unsupported (115, 40324).
+/// Server errors that mean "no change streams here", which will not go away
+/// by themselves: not a replica set or sharded cluster (40573), not
+/// authorized (13), unsupported (115, 40324), a namespace that cannot be
+/// watched (73, InvalidNamespace: `admin`, `local`, `config`).
 fn unsupported(error: &mongodb::error::Error) -> bool {
     matches!(
         error.kind.as_ref(),
-        mongodb::error::ErrorKind::Command(c) if matches!(c.code, 13 | 115 | 40324 | 40573)
+        mongodb::error::ErrorKind::Command(c) if matches!(c.code, 13 | 73 | 115 | 40324 | 40573)
     )
 }
+
+/// The longest wait before reopening a stream that keeps failing.
+const MAX_REOPEN_DELAY: Duration = Duration::from_secs(30);
 
 impl StreamTask {
     /// Starts the stream task of `wakeups`, reading `collection`.
@@ -124,6 +129,8 @@ impl StreamTask {
         // Where to pick up after a broken stream, so that no release between
         // the break and the reopen goes unseen.
         let mut resume = None;
+        // Opens that failed in a row: the wait before the next doubles.
+        let mut failures = 0_u32;
         loop {
             let Some((tag, wide)) = self
                 .wakeups
@@ -146,7 +153,7 @@ impl StreamTask {
             let mut stream = match opened {
                 Ok(stream) => stream,
                 Err(error) if unsupported(&error) => {
-                    tracing::debug!(%error, "mongolock: change streams unavailable; waiters will poll");
+                    tracing::warn!(%error, "mongolock: change streams unavailable here; waiters will poll");
                     wakeups.set_status(UNAVAILABLE);
                     return;
                 }
@@ -157,12 +164,14 @@ impl StreamTask {
                     resume = None;
                     wakeups.set_status(DOWN);
                     drop(wakeups);
-                    if self.pause().await {
+                    failures = failures.saturating_add(1);
+                    if self.pause(failures).await {
                         return;
                     }
                     continue;
                 }
             };
+            failures = 0;
             wakeups.set_status(OPEN);
             // Where the stream starts (the server's first resume token),
             // before any `getMore`: a widening before the first event
@@ -252,16 +261,24 @@ impl StreamTask {
                         wakeups.set_status(OPENING);
                     }
                 }
-            } else if self.pause().await {
+            } else if self.pause(1).await {
                 return;
             }
         }
     }
 
-    /// Waits before reopening; true if the lock was dropped meanwhile.
-    async fn pause(&mut self) -> bool {
+    /// Waits before reopening after `failures` failures in a row (1 s,
+    /// doubling, at most [`MAX_REOPEN_DELAY`]); true if the lock was dropped
+    /// meanwhile.
+    async fn pause(&mut self, failures: u32) -> bool {
+        let doubled = 1_u32
+            .checked_shl(failures.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        let delay = REOPEN_DELAY
+            .checked_mul(doubled)
+            .map_or(MAX_REOPEN_DELAY, |d| d.min(MAX_REOPEN_DELAY));
         tokio::select! {
-            _ = tokio::time::sleep(REOPEN_DELAY) => self.wakeups.strong_count() == 0,
+            _ = tokio::time::sleep(delay) => self.wakeups.strong_count() == 0,
             _ = self.shutdown.changed() => true,
         }
     }
