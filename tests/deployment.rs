@@ -520,6 +520,7 @@ async fn changed_cleanup_delay_updates_the_existing_ttl_index() {
     };
     let first = MongoLock::with_collection(collection.clone());
     assert!(first.lock("job", "a").await.unwrap());
+    first.ensure_ttl_index().await.unwrap();
     assert_eq!(
         ttl_seconds().await,
         Some(mongolock::DEFAULT_CLEANUP_AFTER.as_secs())
@@ -528,6 +529,7 @@ async fn changed_cleanup_delay_updates_the_existing_ttl_index() {
         .with_cleanup_after(Duration::from_secs(3600))
         .unwrap();
     assert!(second.lock("other", "b").await.unwrap());
+    second.ensure_ttl_index().await.unwrap();
     assert_eq!(ttl_seconds().await, Some(3600));
 }
 
@@ -635,6 +637,30 @@ async fn a_stream_that_cannot_be_watched_is_tried_once_and_waiters_poll() {
         commands.count("aggregate").0,
         1,
         "the stream was opened again"
+    );
+    assert!(guard.release().await.unwrap());
+}
+
+/// An index build can wait a long time (on a replica set with a voting
+/// member down, for that member): the first acquisition of a process does
+/// not wait for the TTL index, which is built in the background.
+#[tokio::test]
+async fn the_first_acquisition_does_not_wait_for_the_ttl_index() {
+    let fx = FaultServer::start(&[]).await;
+    let collection = fx.lock("setup").await.collection().clone();
+    let (lock, commands) =
+        mongolock_suite::Commands::lock_at(fx.server.uri(), Some("holder"), &collection).await;
+    fx.fail(
+        1,
+        "holder",
+        doc! { "failCommands": ["createIndexes"], "blockConnection": true, "blockTimeMS": 30_000 },
+    )
+    .await;
+    let guard = lock.acquire("job").await.unwrap();
+    assert_eq!(
+        commands.count("createIndexes").1,
+        0,
+        "the acquisition waited for the index build"
     );
     assert!(guard.release().await.unwrap());
 }

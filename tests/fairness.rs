@@ -204,8 +204,9 @@ async fn an_uncontended_fair_acquisition_is_one_round_trip_and_opens_no_stream()
     }
     let coll = mongolock_suite::fresh_collection("fifo_uncontended").await;
     let (lock, commands) = Commands::lock(&coll).await;
-    // The first use also sets up the TTL index.
+    // The first use also starts the TTL index build in the background.
     lock.acquire("warm").await.unwrap().release().await.unwrap();
+    lock.ensure_ttl_index().await.unwrap();
     commands.clear();
     let guard = lock.acquire("job").fair(true).timeout(WAIT).await.unwrap();
     assert!(guard.release().await.unwrap());

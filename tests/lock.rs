@@ -405,6 +405,8 @@ async fn ttl_index_is_created_once() {
     let lock = fresh_lock("ttl_index").await;
     lock.lock("a", "o").await.unwrap();
     lock.clone().lock("b", "o").await.unwrap();
+    // The first attempt started the build in the background; wait for it.
+    lock.ensure_ttl_index().await.unwrap();
     let names = lock.collection().list_index_names().await.unwrap();
     assert!(
         names.iter().any(|n| n == "mongolock_expires_at_ttl"),

@@ -120,7 +120,6 @@ impl MongoLock {
     /// One atomic attempt: a single `findOneAndUpdate` round trip, repeated
     /// at once only if a concurrent first upsert raced it.
     pub(crate) async fn attempt(&self, req: &Request) -> Result<Attempt> {
-        self.ensure_ttl_index().await?;
         let mut queueing = (req.fair && !req.claim.is_empty()).then(|| query::Queueing {
             tag: self.wakeups().tag(),
             expiry_millis: self.queue_expiry_millis(),
@@ -142,6 +141,9 @@ impl MongoLock {
                 .await;
             match result {
                 Ok(Some(doc)) => {
+                    // After the first write, which created the collection if
+                    // it was new: the build never races its creation.
+                    self.start_ttl_index();
                     let info = LockInfo::from_document(&doc)?;
                     let claim = doc.get_str(query::CLAIM).unwrap_or_default();
                     let ours =

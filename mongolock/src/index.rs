@@ -11,14 +11,61 @@ use crate::query;
 
 const TTL_INDEX_NAME: &str = "mongolock_expires_at_ttl";
 
+/// How often the background build of the TTL index is tried after a
+/// transient error before it gives up (with a warning).
+const TTL_INDEX_TRIES: u32 = 5;
+
 impl MongoLock {
-    /// Creates the TTL index that removes stale documents, once per
-    /// `MongoLock` (clones share it), or changes its delay with `collMod` if
-    /// it exists with another one. A transient error is returned (the
-    /// attempt fails as it would have, and the next one tries again); any
-    /// other failure (permissions) is logged, not returned: the locks are
-    /// correct without the index, only untidy.
-    pub(crate) async fn ensure_ttl_index(&self) -> Result<()> {
+    /// Starts building the TTL index in the background, once per
+    /// `MongoLock` (clones share it); called by every attempt. No lock waits
+    /// for the index: on a replica set with a voting member down an index
+    /// build waits for that member (the commit quorum), and a first
+    /// acquisition that waited with it would hang until its timeout. A
+    /// transient failure is tried again with backoff a few times, each try
+    /// bounded by the operation timeout; the last failure is logged once.
+    pub(crate) fn start_ttl_index(&self) {
+        if self.ttl_index().initialized() || self.ttl_index_starting() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let lock = self.clone();
+        runtime.spawn(async move {
+            let namespace = lock.collection().namespace();
+            for retry in 0..TTL_INDEX_TRIES {
+                let tried =
+                    tokio::time::timeout(lock.operation_timeout(), lock.ensure_ttl_index()).await;
+                match tried {
+                    Ok(Ok(())) => return,
+                    Ok(Err(error)) if retry + 1 == TTL_INDEX_TRIES => {
+                        tracing::warn!(%namespace, %error, "could not create the mongolock TTL index; stale lock documents will not be cleaned up");
+                    }
+                    Err(_) if retry + 1 == TTL_INDEX_TRIES => {
+                        tracing::warn!(%namespace, "the mongolock TTL index was not built within the operation timeout; stale lock documents will not be cleaned up");
+                    }
+                    _ => tokio::time::sleep(lock.backoff().delay(retry)).await,
+                }
+            }
+        });
+    }
+
+    /// Creates the TTL index that deletes a lock document
+    /// [`cleanup_after`](crate::MongoLock::with_cleanup_after) after its
+    /// lease ended, or changes its delay with `collMod` if it exists with
+    /// another one, and waits for it; done once per `MongoLock` (clones
+    /// share it). The first lock attempt starts this in the background, so
+    /// calling it is optional: do it at start-up to learn at once whether the
+    /// index can be built. A transient error is returned; any other failure
+    /// (permissions) is logged, not returned: the locks are correct without
+    /// the index, only untidy.
+    ///
+    /// ```no_run
+    /// # async fn demo(lock: mongolock::MongoLock) -> mongolock::Result<()> {
+    /// lock.ensure_ttl_index().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ensure_ttl_index(&self) -> Result<()> {
         self.ttl_index()
             .get_or_try_init(|| async {
                 let namespace = self.collection().namespace();

@@ -54,6 +54,7 @@ struct Inner {
     collection: Collection<Document>,
     settings: Settings,
     ttl_index: tokio::sync::OnceCell<()>,
+    ttl_index_started: std::sync::atomic::AtomicBool,
     wakeups: Arc<Wakeups>,
     clock: ServerClock,
     contention: Contention,
@@ -317,6 +318,7 @@ impl MongoLock {
                 collection,
                 settings,
                 ttl_index: tokio::sync::OnceCell::new(),
+                ttl_index_started: std::sync::atomic::AtomicBool::new(false),
                 wakeups: Arc::new(Wakeups::new(
                     settings.change_streams,
                     settings.stream_idle_close,
@@ -347,6 +349,14 @@ impl MongoLock {
 
     pub(crate) fn ttl_index(&self) -> &tokio::sync::OnceCell<()> {
         &self.inner.ttl_index
+    }
+
+    /// Whether the background build of the TTL index was started; set by
+    /// the call that starts it.
+    pub(crate) fn ttl_index_starting(&self) -> bool {
+        self.inner
+            .ttl_index_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     pub(crate) fn releases(&self) -> &Arc<PendingReleases> {
