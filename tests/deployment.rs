@@ -664,3 +664,44 @@ async fn the_first_acquisition_does_not_wait_for_the_ttl_index() {
     );
     assert!(guard.release().await.unwrap());
 }
+
+/// With an arbiter and one data-bearing member down, a majority write
+/// cannot commit: every lock write comes back with a write concern error
+/// (64, WriteConcernFailed, when `wtimeout` passes). A waiter rides it
+/// until its deadline and then fails with a typed timeout that keeps the
+/// server's error as its cause; nothing is believed held, and what the
+/// unconfirmed attempts may have written on the primary is released.
+#[tokio::test]
+async fn writes_a_majority_cannot_confirm_end_in_a_typed_timeout_and_hold_nothing() {
+    let fx = FaultServer::start(&[]).await;
+    let waiter = fx.lock("waiter").await;
+    let other = fx.lock("other").await;
+    fx.fail(
+        1000,
+        "waiter",
+        doc! {
+            "failCommands": ["findAndModify"],
+            "writeConcernError": { "code": 64, "errmsg": "waiting for replication timed out" },
+        },
+    )
+    .await;
+    let waited = waiter
+        .acquire("job")
+        .timeout(Duration::from_millis(800))
+        .await;
+    match waited {
+        Err(Error::TimedOut { cause, .. }) => {
+            let cause = cause.expect("the server's error is kept as the cause");
+            assert!(
+                cause.to_string().contains("64") || cause.to_string().contains("replication"),
+                "{cause}"
+            );
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // The attempts were applied on the primary (w:1) but never confirmed:
+    // the waiter's give-up releases them, so the lock is free at once.
+    assert!(waiter.finish_releases(Duration::from_secs(10)).await);
+    let guard = other.acquire("job").await.unwrap();
+    assert!(guard.release().await.unwrap());
+}
