@@ -1,4 +1,5 @@
-//! Lists the locks held now; force-releases one only when asked.
+//! Checks the deployment, lists the locks held now; force-releases one only
+//! when asked.
 //!
 //! `cargo run --example admin` lists; `cargo run --example admin --
 //! --force-release KEY` frees `KEY` whoever holds it, then lists again. With
@@ -27,6 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err("usage: admin [--force-release KEY]".into()),
     };
 
+    println!("{}", lock.check().await?);
     print_held(&lock).await?;
     if let Some(target) = target {
         let freed = lock.force_release(&target).await?;

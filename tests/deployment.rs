@@ -610,35 +610,38 @@ fn the_driver_is_one_that_reports_write_concern_errors_of_find_and_modify() {
 }
 
 /// A change stream that cannot be opened for good (73, InvalidNamespace,
-/// as on `admin`) is given up after one try: waiters poll, and the lock is
-/// still taken once it is free; no reopen every second for as long as they
-/// wait.
+/// as on `admin`; 40573, as a standalone server answers) is given up after
+/// one try: waiters poll, and the lock is still taken once it is free; no
+/// reopen every second for as long as they wait.
 #[tokio::test]
 async fn a_stream_that_cannot_be_watched_is_tried_once_and_waiters_poll() {
     let fx = FaultServer::start(&[]).await;
     let holder = fx.lock("holder").await;
     let collection = holder.collection().clone();
-    let (waiter, commands) =
-        mongolock_suite::Commands::lock_at(fx.server.uri(), Some("waiter"), &collection).await;
-    fx.fail(
-        10,
-        "waiter",
-        doc! { "failCommands": ["aggregate"], "errorCode": 73 },
-    )
-    .await;
-    let held = holder
-        .acquire("job")
-        .expires(Duration::from_secs(3))
-        .await
-        .unwrap();
-    let guard = waiter.acquire("job").timeout(WAIT).await.unwrap();
-    assert!(guard.token() > held.token());
-    assert_eq!(
-        commands.count("aggregate").0,
-        1,
-        "the stream was opened again"
-    );
-    assert!(guard.release().await.unwrap());
+    for code in [73, 40573] {
+        let (waiter, commands) =
+            mongolock_suite::Commands::lock_at(fx.server.uri(), Some("waiter"), &collection).await;
+        fx.fail(
+            10,
+            "waiter",
+            doc! { "failCommands": ["aggregate"], "errorCode": code },
+        )
+        .await;
+        let key = format!("job{code}");
+        let held = holder
+            .acquire(key.as_str())
+            .expires(Duration::from_secs(3))
+            .await
+            .unwrap();
+        let guard = waiter.acquire(key).timeout(WAIT).await.unwrap();
+        assert!(guard.token() > held.token());
+        assert_eq!(
+            commands.count("aggregate").0,
+            1,
+            "{code}: the stream was opened again"
+        );
+        assert!(guard.release().await.unwrap());
+    }
 }
 
 /// An index build can wait a long time (on a replica set with a voting
@@ -704,4 +707,175 @@ async fn writes_a_majority_cannot_confirm_end_in_a_typed_timeout_and_hold_nothin
     assert!(waiter.finish_releases(Duration::from_secs(10)).await);
     let guard = other.acquire("job").await.unwrap();
     assert!(guard.release().await.unwrap());
+}
+
+/// The holder's side of the arbiter case: once majority writes cannot
+/// commit, its renewals come back with the write concern error, so it
+/// reports the lock lost when its lease runs out, never holding it longer.
+#[tokio::test]
+async fn a_holder_whose_renewals_a_majority_cannot_confirm_loses_its_lock_at_the_lease_end() {
+    let fx = FaultServer::start(&[]).await;
+    let holder = fx.lock("holder").await;
+    let lease = Duration::from_secs(1);
+    let guard = holder
+        .acquire("job")
+        .expires(lease)
+        .renew_every(lease / 4)
+        .await
+        .unwrap();
+    fx.fail(
+        1000,
+        "holder",
+        doc! {
+            "failCommands": ["findAndModify"],
+            "writeConcernError": { "code": 64, "errmsg": "waiting for replication timed out" },
+        },
+    )
+    .await;
+    match guard.lost().await {
+        Error::LockLost { reason, .. } => assert!(reason.contains("ran out"), "{reason}"),
+        other => panic!("expected LockLost, got {other:?}"),
+    }
+    assert!(guard.is_lost());
+}
+
+/// Against a server that refuses connections, a wait that times out before
+/// the driver's server selection does says why: the driver's last heartbeat
+/// failure is its cause, so a wrong host is not mistaken for a busy lock.
+#[tokio::test]
+async fn a_timeout_against_an_unreachable_server_keeps_the_drivers_cause() {
+    // Nothing listens on port 1; selection would give up after 5 s.
+    let lock = MongoLock::connect("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=5000")
+        .await
+        .unwrap();
+    let waited = lock
+        .acquire("job")
+        .timeout(Duration::from_millis(500))
+        .await;
+    match waited {
+        Err(error @ Error::TimedOut { .. }) => {
+            let source =
+                std::error::Error::source(&error).unwrap_or_else(|| panic!("no cause in {error}"));
+            let cause = source.to_string().to_lowercase();
+            assert!(
+                cause.contains("refused") || cause.contains("connect"),
+                "{cause}"
+            );
+            assert!(error.to_string().contains("last error"), "{error}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+// ---- MongoLock::check: what an operator sees at start-up -----------------
+
+/// `check` reports the test server as it is: a one-member replica set with
+/// change streams, the lock collection's majority write concern, the
+/// server's clock against ours, and the TTL index once it is built.
+#[tokio::test]
+async fn check_reports_the_deployment_it_sees() {
+    let lock = fresh_lock("check_reports").await;
+    let before = lock.check().await.unwrap();
+    assert!(!before.ttl_index, "{before}");
+    assert!(
+        before.clock_offset_millis.abs() < 60_000,
+        "the test server runs on this machine's clock: {before}"
+    );
+    match &before.topology {
+        mongolock::Topology::Standalone => {
+            assert_ne!(before.change_streams, mongolock::ChangeStreams::Available)
+        }
+        _ => assert_eq!(before.change_streams, mongolock::ChangeStreams::Available),
+    }
+    assert_eq!(before.write_concern, None, "the collection sets none");
+    // A lock made with the crate's defaults writes with majority.
+    let uri = mongolock_suite::server_uri().unwrap();
+    let defaults = MongoLock::connect(&uri)
+        .await
+        .unwrap()
+        .check()
+        .await
+        .unwrap();
+    let w = defaults.write_concern.as_ref().and_then(|wc| wc.w.clone());
+    assert_eq!(w, Some(mongodb::options::Acknowledgment::Majority));
+    lock.ensure_ttl_index().await.unwrap();
+    let after = lock.check().await.unwrap();
+    assert!(after.ttl_index, "{after}");
+    let report = after.to_string();
+    for line in [
+        "topology",
+        "change streams",
+        "server clock",
+        "write concern",
+        "TTL index",
+    ] {
+        assert!(report.contains(line), "{report}");
+    }
+    // It leaves no lock behind.
+    assert!(lock.list().await.unwrap().is_empty());
+}
+
+/// Servers before 4.4.2 do not know `hello` (59, CommandNotFound): the
+/// clock reading falls back to `isMaster`.
+#[tokio::test]
+async fn the_clock_is_read_with_is_master_where_hello_is_unknown() {
+    let fx = FaultServer::start(&[]).await;
+    let collection = fx.lock("setup").await.collection().clone();
+    // The driver's own monitor must not meet the fail point: it polls, and
+    // rarely.
+    let uri = fx.server.uri();
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    let uri = format!("{uri}{sep}serverMonitoringMode=poll&heartbeatFrequencyMS=600000");
+    let (lock, commands) = Commands::lock_at(&uri, Some("old"), &collection).await;
+    lock.is_locked("warm-up").await.unwrap();
+    fx.fail(
+        1,
+        "old",
+        doc! { "failCommands": ["hello"], "errorCode": 59 },
+    )
+    .await;
+    let report = lock.check().await.unwrap();
+    assert!(
+        commands.count("isMaster").1 >= 1,
+        "{:?}",
+        commands.started()
+    );
+    assert!(report.clock_offset_millis.abs() < 60_000, "{report}");
+}
+
+/// A privilege the locks need and the user lacks (the server answers 13,
+/// Unauthorized) comes back as one error naming it.
+#[tokio::test]
+async fn check_names_the_privilege_that_is_missing() {
+    let fx = FaultServer::start(&[]).await;
+    let lock = fx.lock("app").await;
+    for (command, privilege) in [
+        ("find", "find"),
+        ("insert", "insert"),
+        ("update", "update"),
+        ("delete", "remove"),
+        ("listIndexes", "listIndexes"),
+        ("aggregate", "changeStream"),
+    ] {
+        fx.fail(
+            1,
+            "app",
+            doc! { "failCommands": [command], "errorCode": 13 },
+        )
+        .await;
+        match lock.check().await {
+            Err(error @ Error::MissingPrivilege { .. }) => {
+                let Error::MissingPrivilege {
+                    privilege: named, ..
+                } = &error
+                else {
+                    unreachable!()
+                };
+                assert_eq!(*named, privilege, "{error}");
+                assert!(error.to_string().contains(privilege), "{error}");
+            }
+            other => panic!("{command}: expected a missing privilege, got {other:?}"),
+        }
+    }
+    assert!(lock.check().await.is_ok());
 }

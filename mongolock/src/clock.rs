@@ -5,7 +5,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mongodb::bson::{doc, DateTime};
+use mongodb::bson::{doc, DateTime, Document};
 use mongodb::Client;
 use tokio::time::Instant;
 
@@ -59,8 +59,9 @@ fn wall_millis(t: SystemTime) -> i64 {
 impl ServerClock {
     /// Records that the server's clock read `server` during the round trip
     /// that `probe` started. Keeps the sample with the tighter round trip,
-    /// unless the kept one is stale.
-    pub(crate) fn observe(&self, probe: &Probe, server: DateTime) {
+    /// unless the kept one is stale. Returns this round trip's reading: the
+    /// server's clock minus ours, in milliseconds, and the round trip.
+    pub(crate) fn observe(&self, probe: &Probe, server: DateTime) -> (i64, Duration) {
         let now = Instant::now();
         let rtt = now.saturating_duration_since(probe.sent);
         let half = i64::try_from((rtt / 2).as_millis()).unwrap_or(i64::MAX);
@@ -77,6 +78,7 @@ impl ServerClock {
         if !keep_old {
             *sample = Some(candidate);
         }
+        (candidate.offset_millis, candidate.rtt)
     }
 
     fn fresh(&self) -> Option<Sample> {
@@ -111,15 +113,36 @@ impl ServerClock {
         let Ok(_refreshing) = self.refreshing.try_lock() else {
             return;
         };
-        let probe = Probe::start();
-        let db = client.database("admin");
-        match db.run_command(doc! { "hello": 1 }).await {
-            Ok(reply) => match reply.get_datetime("localTime") {
-                Ok(server) => self.observe(&probe, *server),
+        match hello(client).await {
+            Ok((reply, probe)) => match reply.get_datetime("localTime") {
+                Ok(server) => {
+                    self.observe(&probe, *server);
+                }
                 Err(_) => tracing::debug!("mongolock: the server's hello has no localTime"),
             },
             Err(error) => tracing::debug!(%error, "mongolock: cannot read the server's clock"),
         }
+    }
+}
+
+/// The server's `hello` reply (which carries its clock, `localTime`) and the
+/// probe of its round trip. Servers before 4.4.2 do not know `hello` (59,
+/// CommandNotFound): they are asked the legacy `isMaster`, which answers the
+/// same fields.
+pub(crate) async fn hello(client: &Client) -> mongodb::error::Result<(Document, Probe)> {
+    /// CommandNotFound.
+    const COMMAND_NOT_FOUND: i32 = 59;
+    let db = client.database("admin");
+    let probe = Probe::start();
+    match db.run_command(doc! { "hello": 1 }).await {
+        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == COMMAND_NOT_FOUND) =>
+        {
+            tracing::debug!("mongolock: the server does not know hello; asking isMaster");
+            let probe = Probe::start();
+            let reply = db.run_command(doc! { "isMaster": 1 }).await?;
+            Ok((reply, probe))
+        }
+        other => other.map(|reply| (reply, probe)),
     }
 }
 

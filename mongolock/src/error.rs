@@ -119,6 +119,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// The MongoDB user lacks a privilege the locks need on the lock
+    /// collection (reported by [`MongoLock::check`](crate::MongoLock::check)).
+    #[error("the MongoDB user lacks the {privilege:?} privilege on {namespace}: grant it (the readWrite role on the lock database has every privilege the locks need, changeStream included)")]
+    MissingPrivilege {
+        /// The privilege action, as MongoDB names it: `find`, `insert`,
+        /// `update`, `remove`, `listIndexes`, `changeStream`.
+        privilege: &'static str,
+        /// The lock collection, as `db.collection`.
+        namespace: String,
+        /// The server's refusal.
+        #[source]
+        cause: mongodb::error::Error,
+    },
+
     /// The MongoDB driver or server reported an error.
     #[error("MongoDB error: {0}")]
     Mongo(#[from] mongodb::error::Error),

@@ -85,8 +85,14 @@ impl MongoLock {
             .map(|_| ())
     }
 
-    async fn create_or_update_ttl_index(&self) -> Result<()> {
-        let after = self.settings().cleanup_after;
+    /// Whether the TTL index exists (under this crate's name).
+    pub(crate) async fn ttl_index_exists(&self) -> Result<bool> {
+        Ok(self.ttl_index_expiry().await?.is_some())
+    }
+
+    /// The TTL index's delay: `None` without the index, `Some(None)` for an
+    /// index of that name without one.
+    async fn ttl_index_expiry(&self) -> Result<Option<Option<std::time::Duration>>> {
         /// A collection that does not exist yet has no indexes.
         const NAMESPACE_NOT_FOUND: i32 = 26;
         let mut existing = None;
@@ -104,6 +110,12 @@ impl MongoLock {
                 {}
             Err(e) => return Err(e.into()),
         }
+        Ok(existing)
+    }
+
+    async fn create_or_update_ttl_index(&self) -> Result<()> {
+        let after = self.settings().cleanup_after;
+        let existing = self.ttl_index_expiry().await?;
         match existing {
             Some(Some(current)) if current == after => Ok(()),
             Some(_) => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{doc, DateTime, Document};
-use mongodb::options::WriteConcern;
+use mongodb::options::{ClientOptions, WriteConcern};
 use mongodb::{Client, Collection};
 use tokio::time::Instant;
 
@@ -14,6 +14,7 @@ use crate::backoff::Backoff;
 use crate::clock::ServerClock;
 use crate::contention::Contention;
 use crate::error::{Error, Result};
+use crate::heartbeats::Heartbeats;
 use crate::info::LockInfo;
 use crate::lease::Anchor;
 use crate::pending::PendingReleases;
@@ -59,6 +60,8 @@ struct Inner {
     clock: ServerClock,
     contention: Contention,
     releases: Arc<PendingReleases>,
+    /// The driver's heartbeat failures, on clients this crate built.
+    heartbeats: Option<Arc<Heartbeats>>,
 }
 
 impl std::fmt::Debug for MongoLock {
@@ -84,6 +87,13 @@ impl MongoLock {
     /// majority write concern so that an acquisition survives a failover; a
     /// write the majority does not confirm within
     /// [`DEFAULT_OPERATION_TIMEOUT`](crate::DEFAULT_OPERATION_TIMEOUT) fails rather than hangs.
+    ///
+    /// The cause of an [`Error::TimedOut`] is then the last error of an
+    /// attempt that finished: this client's heartbeats are not seen, so a
+    /// wait cut short while the driver is still selecting a server has no
+    /// cause. Build the client with
+    /// [`connect_with_options`](Self::connect_with_options) to have its last
+    /// heartbeat failure there too.
     pub fn new(client: &Client) -> Self {
         let write_concern = WriteConcern::builder()
             .w(mongodb::options::Acknowledgment::Majority)
@@ -120,7 +130,7 @@ impl MongoLock {
         } else {
             uri.to_owned()
         };
-        let client = Client::with_uri_str(&uri)
+        let options = ClientOptions::parse(&uri)
             .await
             .map_err(|e| match *e.kind {
                 mongodb::error::ErrorKind::InvalidArgument { ref message, .. } => {
@@ -128,7 +138,28 @@ impl MongoLock {
                 }
                 _ => Error::Mongo(e),
             })?;
-        Ok(Self::new(&client))
+        Self::connect_with_options(options)
+    }
+
+    /// Connects with client options you built (TLS, credentials, pool
+    /// sizes) and uses [`MongoLock::new`](crate::MongoLock::new)'s
+    /// defaults.
+    ///
+    /// Unlike [`MongoLock::new`] with a client you built, the client made
+    /// here reports the driver's heartbeats to the lock, so that a timeout
+    /// against a server it cannot reach carries the driver's last heartbeat
+    /// failure (connection refused, unknown host, a TLS error) as its
+    /// [cause](Error::TimedOut). An SDAM event handler already in `options`
+    /// still receives every event.
+    pub fn connect_with_options(mut options: ClientOptions) -> Result<Self> {
+        let heartbeats = Arc::new(Heartbeats::default());
+        options.sdam_event_handler = Some(heartbeats.handler(options.sdam_event_handler.take()));
+        let client = Client::with_options(options)?;
+        let mut lock = Self::new(&client);
+        if let Some(inner) = Arc::get_mut(&mut lock.inner) {
+            inner.heartbeats = Some(heartbeats);
+        }
+        Ok(lock)
     }
 
     /// Locks in a collection you configured: names, write concern, read
@@ -140,7 +171,11 @@ impl MongoLock {
 
     /// A new `MongoLock` on the same collection with changed settings.
     fn with_settings(self, settings: Settings) -> Self {
-        Self::from_parts(self.inner.collection.clone(), settings)
+        let mut lock = Self::from_parts(self.inner.collection.clone(), settings);
+        if let Some(inner) = Arc::get_mut(&mut lock.inner) {
+            inner.heartbeats.clone_from(&self.inner.heartbeats);
+        }
+        lock
     }
 
     /// The same locks, polling with `backoff` when no change stream tells
@@ -327,6 +362,7 @@ impl MongoLock {
                 // A queue formed on a key lasts while its waiters re-ask.
                 contention: Contention::new(settings.queue_expiry),
                 releases: Arc::default(),
+                heartbeats: None,
             }),
         }
     }
@@ -441,10 +477,28 @@ impl MongoLock {
     ) -> Result<T> {
         tokio::time::timeout(limit, op)
             .await
-            .map_err(|_| Error::TimedOut {
-                key: key.to_owned(),
-                timeout: limit,
-                cause: None,
-            })?
+            .map_err(|_| self.timed_out(key, limit, None))?
+    }
+
+    /// The error of a wait or round trip on `key` that outlasted `timeout`:
+    /// its cause is the driver's last error in it or, with none, the last
+    /// heartbeat failure of a server the driver cannot reach.
+    pub(crate) fn timed_out(
+        &self,
+        key: &str,
+        timeout: Duration,
+        cause: Option<mongodb::error::Error>,
+    ) -> Error {
+        let cause = cause.or_else(|| {
+            self.inner
+                .heartbeats
+                .as_ref()
+                .and_then(|h| h.last_failure())
+        });
+        Error::TimedOut {
+            key: key.to_owned(),
+            timeout,
+            cause,
+        }
     }
 }

@@ -104,11 +104,7 @@ impl MongoLock {
             orphan.lingering = true;
             let attempt = match tokio::time::timeout_at(cutoff, self.attempt(req)).await {
                 Ok(result) => result,
-                Err(_) => Err(Error::TimedOut {
-                    key: req.key.clone(),
-                    timeout,
-                    cause: last_error.take(),
-                }),
+                Err(_) => Err(self.timed_out(&req.key, timeout, last_error.take())),
             };
             let now = Instant::now();
             let (holder, place) = match attempt {
