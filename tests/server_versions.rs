@@ -42,6 +42,7 @@ const SENT: &[(&str, (u32, u32))] = &[
     ("$set", (4, 2)),
     ("$unset", (4, 2)),
     // Aggregation expressions.
+    ("$abs", (3, 2)),
     ("$add", (2, 2)),
     ("$arrayElemAt", (3, 2)),
     ("$concat", (2, 4)),
@@ -58,18 +59,23 @@ const SENT: &[(&str, (u32, u32))] = &[
     ("$mergeObjects", (3, 6)),
     ("$min", (2, 2)),
     ("$multiply", (2, 2)),
+    ("$reduce", (3, 4)),
     ("$size", (2, 6)),
     ("$slice", (3, 2)),
+    ("$subtract", (2, 2)),
     ("$toDate", (4, 0)),
     ("$toLong", (4, 0)),
     // System variables.
     ("$$NOW", (4, 2)),
     ("$$REMOVE", (3, 6)),
     ("$$ROOT", (2, 2)),
+    // `$reduce`'s variables.
+    ("$$this", (3, 4)),
+    ("$$value", (3, 4)),
 ];
 
 /// `$$` names that are the crate's own `$let`/`$map`/`$filter` variables.
-const NOT_OPERATORS: &[&str] = &["$$e", "$$free", "$$h", "$$live", "$$now", "$$q"];
+const NOT_OPERATORS: &[&str] = &["$$e", "$$free", "$$h", "$$live", "$$now", "$$q", "$$tick"];
 
 /// What each supported version lacks, of what a change to the queries
 /// might reach for: the operator, the first version that has it, and the

@@ -704,7 +704,7 @@ pub async fn queue_cost(env: &Env, lengths: &[usize]) -> Result<Vec<(usize, Dura
             collection
                 .find_one_and_update(
                     raw::by_key("k"),
-                    raw::acquire_pipeline("joiner", "j", 60_000, Some(fair)),
+                    raw::acquire_pipeline("joiner", "j", 60_000, Some(fair), None),
                 )
                 .upsert(true)
                 .return_document(mongodb::options::ReturnDocument::After)

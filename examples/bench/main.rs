@@ -130,7 +130,7 @@ async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
         let taken = coll
             .find_one_and_update(
                 raw::by_key(&key),
-                raw::acquire_pipeline(&owner, "raw", lease as i64, fair),
+                raw::acquire_pipeline(&owner, "raw", lease as i64, fair, None),
             )
             .upsert(true)
             .return_document(ReturnDocument::After)
@@ -235,7 +235,7 @@ async fn write_costs(bench: &Bench) -> Result<Vec<(&'static str, Duration)>> {
                     let fair = [None, fair, light][kind - 4];
                     coll.find_one_and_update(
                         raw::by_key(&key),
-                        raw::acquire_pipeline(owner, "c", lease, fair),
+                        raw::acquire_pipeline(owner, "c", lease, fair, None),
                     )
                     .upsert(true)
                     .return_document(ReturnDocument::After)

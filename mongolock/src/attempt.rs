@@ -89,6 +89,9 @@ pub(crate) struct Request {
     pub(crate) timeout: Option<Duration>,
     /// Whether the acquisition queues (only `acquire()`, which has a claim).
     pub(crate) fair: bool,
+    /// A scheduled run's tick claim: the candidate fire times and the
+    /// tolerance (see [`query::TickClaim`]). Such a request never queues.
+    pub(crate) tick: Option<(Vec<i64>, i64)>,
 }
 
 impl Request {
@@ -112,6 +115,7 @@ impl Request {
             // A zero timeout is the single attempt of no timeout.
             timeout: timeout.filter(|t| !t.is_zero()),
             fair: false,
+            tick: None,
         })
     }
 }
@@ -120,7 +124,15 @@ impl MongoLock {
     /// One atomic attempt: a single `findOneAndUpdate` round trip, repeated
     /// at once only if a concurrent first upsert raced it.
     pub(crate) async fn attempt(&self, req: &Request) -> Result<Attempt> {
-        let mut queueing = (req.fair && !req.claim.is_empty()).then(|| query::Queueing {
+        let tick = req
+            .tick
+            .as_ref()
+            .map(|(candidates, tolerance_millis)| query::TickClaim {
+                candidates,
+                tolerance_millis: *tolerance_millis,
+            });
+        let fair = req.fair && !req.claim.is_empty() && tick.is_none();
+        let mut queueing = fair.then(|| query::Queueing {
             tag: self.wakeups().tag(),
             expiry_millis: self.queue_expiry_millis(),
             join: req.timeout.is_some(),
@@ -134,7 +146,13 @@ impl MongoLock {
                 .collection()
                 .find_one_and_update(
                     query::by_key(&req.key),
-                    query::acquire_pipeline(&req.owner, &req.claim, req.lease_millis, queueing),
+                    query::acquire_pipeline(
+                        &req.owner,
+                        &req.claim,
+                        req.lease_millis,
+                        queueing,
+                        tick,
+                    ),
                 )
                 .upsert(true)
                 .return_document(ReturnDocument::After)

@@ -102,6 +102,14 @@ impl ServerClock {
 }
 
 impl ServerClock {
+    /// The server's clock now, in epoch milliseconds, by the kept sample,
+    /// or this machine's clock while none is known.
+    pub(crate) fn server_now_millis(&self) -> i64 {
+        let local = wall_millis(SystemTime::now());
+        self.fresh()
+            .map_or(local, |s| local.saturating_add(s.offset_millis))
+    }
+
     /// Makes sure the estimate is fresh, asking `client`'s server (`hello`
     /// reports its time) at most once a minute. Failure leaves it unknown:
     /// waiters then poll.

@@ -104,6 +104,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A job's schedule could not be parsed.
+    #[error("invalid schedule {schedule:?}: {reason}")]
+    InvalidSchedule {
+        /// The schedule as given.
+        schedule: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
     /// The connection string could not be parsed. The message never contains
     /// the credentials of the URI.
     #[error("invalid MongoDB connection string: {0}")]

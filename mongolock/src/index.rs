@@ -1,8 +1,11 @@
 //! The TTL index that deletes lock documents long after their lease
 //! ended (`cleanup_after`).
 
-use mongodb::bson::doc;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
 use mongodb::options::IndexOptions;
+use mongodb::Collection;
 use mongodb::IndexModel;
 
 use crate::error::Result;
@@ -87,63 +90,81 @@ impl MongoLock {
 
     /// Whether the TTL index exists (under this crate's name).
     pub(crate) async fn ttl_index_exists(&self) -> Result<bool> {
-        Ok(self.ttl_index_expiry().await?.is_some())
-    }
-
-    /// The TTL index's delay: `None` without the index, `Some(None)` for an
-    /// index of that name without one.
-    async fn ttl_index_expiry(&self) -> Result<Option<Option<std::time::Duration>>> {
-        /// A collection that does not exist yet has no indexes.
-        const NAMESPACE_NOT_FOUND: i32 = 26;
-        let mut existing = None;
-        match self.collection().list_indexes().await {
-            Ok(mut indexes) => {
-                while let Some(index) = futures_util::TryStreamExt::try_next(&mut indexes).await? {
-                    if let Some(options) = index.options {
-                        if options.name.as_deref() == Some(TTL_INDEX_NAME) {
-                            existing = Some(options.expire_after);
-                        }
-                    }
-                }
-            }
-            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND) =>
-                {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(existing)
+        Ok(ttl_index_expiry(self.collection(), TTL_INDEX_NAME)
+            .await?
+            .is_some())
     }
 
     async fn create_or_update_ttl_index(&self) -> Result<()> {
         let after = self.settings().cleanup_after;
-        let existing = self.ttl_index_expiry().await?;
-        match existing {
+        self.ensure_ttl_on(self.collection(), TTL_INDEX_NAME, query::EXPIRES_AT, after)
+            .await
+    }
+
+    /// Makes sure `collection` has the TTL index `name` on `field` that
+    /// deletes a document `after` the date there: creates it, or changes
+    /// its delay with `collMod`.
+    pub(crate) async fn ensure_ttl_on(
+        &self,
+        collection: &Collection<Document>,
+        name: &str,
+        field: &str,
+        after: Duration,
+    ) -> Result<()> {
+        match ttl_index_expiry(collection, name).await? {
             Some(Some(current)) if current == after => Ok(()),
             Some(_) => {
                 let seconds = i64::try_from(after.as_secs()).unwrap_or(i64::MAX);
-                self.collection()
+                collection
                     .client()
-                    .database(&self.collection().namespace().db)
+                    .database(&collection.namespace().db)
                     .run_command(doc! {
-                        "collMod": self.collection().name(),
-                        "index": { "name": TTL_INDEX_NAME, "expireAfterSeconds": seconds },
+                        "collMod": collection.name(),
+                        "index": { "name": name, "expireAfterSeconds": seconds },
                     })
                     .await?;
-                tracing::info!(namespace = %self.collection().namespace(), ?after, "mongolock TTL index delay changed");
+                tracing::info!(namespace = %collection.namespace(), ?after, "mongolock TTL index delay changed");
                 Ok(())
             }
             None => {
                 let index = IndexModel::builder()
-                    .keys(doc! { query::EXPIRES_AT: 1 })
+                    .keys(doc! { field: 1 })
                     .options(
                         IndexOptions::builder()
-                            .name(TTL_INDEX_NAME.to_owned())
+                            .name(name.to_owned())
                             .expire_after(after)
                             .build(),
                     )
                     .build();
-                self.collection().create_index(index).await?;
+                collection.create_index(index).await?;
                 Ok(())
             }
         }
     }
+}
+
+/// The delay of `collection`'s TTL index `name`: `None` without the index,
+/// `Some(None)` for an index of that name without one.
+async fn ttl_index_expiry(
+    collection: &Collection<Document>,
+    name: &str,
+) -> Result<Option<Option<Duration>>> {
+    /// A collection that does not exist yet has no indexes.
+    const NAMESPACE_NOT_FOUND: i32 = 26;
+    let mut existing = None;
+    match collection.list_indexes().await {
+        Ok(mut indexes) => {
+            while let Some(index) = futures_util::TryStreamExt::try_next(&mut indexes).await? {
+                if let Some(options) = index.options {
+                    if options.name.as_deref() == Some(name) {
+                        existing = Some(options.expire_after);
+                    }
+                }
+            }
+        }
+        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND) =>
+            {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(existing)
 }

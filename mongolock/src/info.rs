@@ -3,7 +3,10 @@
 use mongodb::bson::{DateTime, Document};
 
 use crate::error::{Error, Result};
-use crate::query::{ACQUIRED_AT, EXPIRES_AT, OWNER, PY_CREATED, PY_EXPIRE, PY_LOCKED, TOKEN};
+use crate::query::{
+    ACQUIRED_AT, EXPIRES_AT, LAST_TICK, OWNER, PREV_TICK, PY_CREATED, PY_EXPIRE, PY_LOCKED,
+    TICK_BY, TOKEN,
+};
 
 /// A lock document as the server wrote it.
 ///
@@ -26,6 +29,13 @@ pub struct LockInfo {
     /// document has been cleaned up and recreated. 0 for a lock the Python
     /// package `mongolock` took, which has no token.
     pub token: i64,
+    /// The last tick a [scheduled job](crate::Job) claimed on this key, by
+    /// the server's choice; `None` for a plain lock.
+    pub tick: Option<DateTime>,
+    /// The tick claimed before it.
+    pub(crate) prev_tick: Option<i64>,
+    /// The claim of the attempt that claimed `tick`.
+    pub(crate) tick_by: Option<String>,
 }
 
 impl LockInfo {
@@ -66,6 +76,9 @@ impl LockInfo {
             acquired_at,
             expires_at,
             token,
+            tick: doc.get_i64(LAST_TICK).ok().map(DateTime::from_millis),
+            prev_tick: doc.get_i64(PREV_TICK).ok(),
+            tick_by: doc.get_str(TICK_BY).ok().map(str::to_owned),
         })
     }
 }

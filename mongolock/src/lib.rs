@@ -55,6 +55,7 @@ mod guard;
 mod heartbeats;
 mod index;
 mod info;
+mod jobs;
 mod lease;
 mod metrics;
 mod mongo_lock;
@@ -77,6 +78,10 @@ pub use error::{Error, Result};
 pub use global::{configure, global};
 pub use guard::LockGuard;
 pub use info::LockInfo;
+pub use jobs::{
+    Claim, Job, JobStatus, RunOutcome, RunRecord, Schedule, TickRun, DEFAULT_RUN_HISTORY,
+    DEFAULT_TICK_TOLERANCE,
+};
 pub use mongo_lock::MongoLock;
 pub use owner::unique_owner;
 pub use release::Release;

@@ -12,6 +12,9 @@
 //! | `mongolock_renewals_total` | counter | a background renewal was confirmed |
 //! | `mongolock_lost_total` | counter | a held lock was lost |
 //! | `mongolock_release_failures_total` | counter | a release failed (the lease runs out) |
+//! | `mongolock_runs_total` | counter | a scheduled job's claimed tick ended, labelled `outcome` |
+//! | `mongolock_run_seconds` | histogram | how long a scheduled run took |
+//! | `mongolock_missed_ticks_total` | counter | ticks nobody claimed, counted at the next claim |
 
 #[cfg(feature = "metrics")]
 use std::time::Duration;
@@ -70,4 +73,29 @@ pub(crate) fn held(_key: &str, _hold: std::time::Duration) {
     #[cfg(feature = "metrics")]
     metrics::histogram!("mongolock_hold_seconds", "prefix" => prefix(_key))
         .record(Duration::as_secs_f64(&_hold));
+}
+
+/// Ticks of a scheduled job that nobody claimed.
+pub(crate) fn missed_ticks(_key: &str, _missed: u64) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("mongolock_missed_ticks_total", "prefix" => prefix(_key)).increment(_missed);
+}
+
+/// A scheduled job's claimed tick ended with `outcome`, after `took` if it
+/// ran.
+pub(crate) fn run_finished(
+    _key: &str,
+    _outcome: &crate::jobs::RunOutcome,
+    _took: Option<std::time::Duration>,
+) {
+    #[cfg(feature = "metrics")]
+    {
+        let outcome = _outcome.as_str();
+        metrics::counter!("mongolock_runs_total", "prefix" => prefix(_key), "outcome" => outcome)
+            .increment(1);
+        if let Some(took) = _took {
+            metrics::histogram!("mongolock_run_seconds", "prefix" => prefix(_key))
+                .record(took.as_secs_f64());
+        }
+    }
 }

@@ -56,6 +56,7 @@ struct Inner {
     settings: Settings,
     ttl_index: tokio::sync::OnceCell<()>,
     ttl_index_started: std::sync::atomic::AtomicBool,
+    runs_index_started: std::sync::atomic::AtomicBool,
     wakeups: Arc<Wakeups>,
     clock: ServerClock,
     contention: Contention,
@@ -305,6 +306,18 @@ impl MongoLock {
         Ok(self.with_settings(settings))
     }
 
+    /// How long the run records of [scheduled jobs](crate::Job) are kept
+    /// (default [`DEFAULT_RUN_HISTORY`](crate::DEFAULT_RUN_HISTORY), 30
+    /// days): a TTL index on their start deletes older ones.
+    pub fn with_run_history(self, keep: Duration) -> Result<Self> {
+        validate::positive_millis("run_history", keep)?;
+        let settings = Settings {
+            run_history: keep,
+            ..*self.settings()
+        };
+        Ok(self.with_settings(settings))
+    }
+
     pub(crate) fn fair_by_default(&self) -> bool {
         self.inner.settings.fair
     }
@@ -354,6 +367,7 @@ impl MongoLock {
                 settings,
                 ttl_index: tokio::sync::OnceCell::new(),
                 ttl_index_started: std::sync::atomic::AtomicBool::new(false),
+                runs_index_started: std::sync::atomic::AtomicBool::new(false),
                 wakeups: Arc::new(Wakeups::new(
                     settings.change_streams,
                     settings.stream_idle_close,
@@ -392,6 +406,14 @@ impl MongoLock {
     pub(crate) fn ttl_index_starting(&self) -> bool {
         self.inner
             .ttl_index_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Whether the background build of the run records' TTL index was
+    /// started; set by the call that starts it.
+    pub(crate) fn runs_index_starting(&self) -> bool {
+        self.inner
+            .runs_index_started
             .swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 

@@ -50,6 +50,12 @@ pub(crate) const RELEASE_VIEW: [&str; 7] = [
     ACQUIRED_AT,
     EXPIRES_AT,
 ];
+/// A scheduled job's last claimed tick (epoch milliseconds), the one
+/// before it, and the claim of the attempt that claimed it (see
+/// [`TickClaim`]).
+pub(crate) const LAST_TICK: &str = "tick";
+pub(crate) const PREV_TICK: &str = "prev_tick";
+pub(crate) const TICK_BY: &str = "tick_by";
 /// Queue entry fields.
 pub(crate) const WAITER: &str = "w";
 pub(crate) const PROCESS: &str = "p";
@@ -139,6 +145,22 @@ pub struct Queueing<'a> {
     pub expect_none: bool,
 }
 
+/// A scheduled run's claim of a tick, made in the acquisition's round
+/// trip. The server picks the tick: of `candidates` (fire times around the
+/// client's estimate of the server's clock), the one nearest its `$$NOW`.
+/// The tick is *due* when it is within `tolerance_millis` of `$$NOW` and
+/// later than the last tick claimed on the key. A due tick is claimed
+/// (`tick`, `prev_tick`, `tick_by`) whether or not the lock is free: taken
+/// with the lock when it is, recorded as skipped when a previous run still
+/// holds it. Either way no later attempt claims it again.
+#[derive(Debug, Clone, Copy)]
+pub struct TickClaim<'a> {
+    /// Fire times, epoch milliseconds.
+    pub candidates: &'a [i64],
+    /// How far from the server's clock the tick may be.
+    pub tolerance_millis: i64,
+}
+
 /// The single-round-trip acquisition, used with `findOneAndUpdate`, upsert,
 /// and the document returned after the update. One `$replaceWith` stage
 /// that keeps the document (`$$ROOT`) and merges into it only what changes,
@@ -167,6 +189,7 @@ pub fn acquire_pipeline(
     claim: &str,
     lease_millis: i64,
     fair: Option<Queueing<'_>>,
+    tick: Option<TickClaim<'_>>,
 ) -> Vec<Document> {
     let mine = doc! { "$and": [
         { "$eq": [field(OWNER), { "$literal": owner }] },
@@ -190,6 +213,9 @@ pub fn acquire_pipeline(
     let take_or = |otherwise: Bson| {
         doc! { "$cond": [{ "$or": ["$$free", &mine] }, merge(taken.clone()), otherwise] }
     };
+    if let Some(tick) = tick {
+        return tick_claim(tick, claim, merge, taken);
+    }
     let decide = match fair {
         None => take_or("$$ROOT".into()),
         Some(queueing) if queueing.expect_none => doc! { "$cond": [
@@ -238,6 +264,44 @@ pub fn acquire_pipeline(
     vec![doc! { "$replaceWith": { "$let": {
         "vars": { "free": { "$lte": [held_until_millis(), now_millis()] } },
         "in": decide,
+    } } }]
+}
+
+/// [`acquire_pipeline`] for a [`TickClaim`]: no queue, no re-entry.
+fn tick_claim(
+    tick: TickClaim<'_>,
+    claim: &str,
+    merge: impl Fn(Document) -> Document,
+    mut taken: Document,
+) -> Vec<Document> {
+    let distance = |t: &str| doc! { "$abs": { "$subtract": [t, now_millis()] } };
+    let nearest = doc! { "$reduce": {
+        "input": tick.candidates,
+        "initialValue": tick.candidates.first().copied().unwrap_or(i64::MIN),
+        "in": { "$cond": [
+            { "$lt": [distance("$$this"), distance("$$value")] }, "$$this", "$$value",
+        ] },
+    } };
+    let claimed = doc! {
+        LAST_TICK: "$$tick",
+        PREV_TICK: field(LAST_TICK),
+        TICK_BY: { "$literal": claim },
+    };
+    taken.extend(claimed.clone());
+    let due = doc! { "$and": [
+        { "$lte": [distance("$$tick"), tick.tolerance_millis] },
+        { "$gt": ["$$tick", { "$ifNull": [field(LAST_TICK), i64::MIN] }] },
+    ] };
+    vec![doc! { "$replaceWith": { "$let": {
+        "vars": {
+            "free": { "$lte": [held_until_millis(), now_millis()] },
+            "tick": nearest,
+        },
+        "in": { "$cond": [
+            due,
+            { "$cond": ["$$free", merge(taken), merge(claimed)] },
+            "$$ROOT",
+        ] },
     } } }]
 }
 
@@ -460,14 +524,14 @@ mod tests {
 
     #[test]
     fn owner_is_always_literal_in_acquire_pipeline() {
-        let text: String = acquire_pipeline("$evil", "", 1000, None)
+        let text: String = acquire_pipeline("$evil", "", 1000, None, None)
             .iter()
             .map(ToString::to_string)
             .collect();
         let uses = text.matches("\"$evil\"").count();
         let wrapped = text.matches("\"$literal\": \"$evil\"").count();
         assert_eq!(uses, 2, "{text}");
-        let text: String = acquire_pipeline("o", "$evil_claim", 1000, None)
+        let text: String = acquire_pipeline("o", "$evil_claim", 1000, None, None)
             .iter()
             .map(ToString::to_string)
             .collect();

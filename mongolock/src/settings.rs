@@ -56,6 +56,7 @@ pub(crate) struct Settings {
     pub(crate) fair: bool,
     pub(crate) queue_expiry: Duration,
     pub(crate) stream_idle_close: Duration,
+    pub(crate) run_history: Duration,
 }
 
 impl Default for Settings {
@@ -69,6 +70,7 @@ impl Default for Settings {
             fair: true,
             queue_expiry: DEFAULT_QUEUE_EXPIRY,
             stream_idle_close: DEFAULT_STREAM_IDLE_CLOSE,
+            run_history: crate::jobs::DEFAULT_RUN_HISTORY,
         }
     }
 }

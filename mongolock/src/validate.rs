@@ -14,6 +14,9 @@ pub const MAX_OWNER_BYTES: usize = 1024;
 /// almost always a unit mistake, and far larger ones overflow BSON dates.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
+/// [`MAX_DURATION`] in milliseconds.
+pub(crate) const MAX_DURATION_MILLIS: i64 = 366 * 24 * 60 * 60 * 1000;
+
 pub(crate) fn key(key: &str) -> Result<()> {
     let reason = if key.is_empty() {
         "the key is empty"

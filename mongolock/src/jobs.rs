@@ -1,0 +1,406 @@
+//! Scheduled jobs: exactly one run per tick across a fleet, with a record
+//! of every claimed tick.
+//!
+//! A run claims its *tick* and takes the job's lock in one round trip (the
+//! lock core's acquisition with a [`TickClaim`](crate::query::TickClaim)):
+//! the server picks the fire time nearest its own clock and claims it only
+//! if it is within the tolerance and later than the last tick claimed. So
+//! a tick is claimed at most once, however the fleet's schedulers are
+//! skewed and however short the run; the run then holds an ordinary lock
+//! (fencing token, renewal, lost signal).
+
+mod records;
+mod schedule;
+
+use std::future::Future;
+use std::time::Duration;
+
+use mongodb::bson::DateTime;
+
+pub use records::{RunOutcome, RunRecord, DEFAULT_RUN_HISTORY};
+pub use schedule::Schedule;
+
+use crate::attempt::{Attempt, Request};
+use crate::error::{Error, Result};
+use crate::guard::{Held, LockGuard};
+use crate::mongo_lock::MongoLock;
+use crate::owner::unique_owner;
+use crate::query::HandOver;
+use crate::settings::DEFAULT_EXPIRES;
+use records::Claimed;
+
+/// The most a tick may be from the server's clock by default: a scheduler
+/// that fires later than this after a tick does not run it.
+pub const DEFAULT_TICK_TOLERANCE: Duration = Duration::from_secs(60);
+
+/// A scheduled job: a key, a schedule, and how its runs hold the lock.
+/// Made by [`MongoLock::job`].
+///
+/// ```no_run
+/// # async fn demo(lock: mongolock::MongoLock) -> mongolock::Result<()> {
+/// use mongolock::Schedule;
+///
+/// let job = lock.job("nightly-report", Schedule::parse("0 2 * * *")?);
+/// // Called by every machine's scheduler at 02:00; runs on one of them.
+/// match job.run(|| async { Ok::<_, std::io::Error>(()) }).await? {
+///     Some(result) => println!("ran: {result:?}"),
+///     None => println!("another machine has this tick"),
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Job {
+    lock: MongoLock,
+    key: String,
+    schedule: Schedule,
+    expires: Option<Duration>,
+    tolerance: Duration,
+}
+
+/// What [`Job::claim`] got.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Claim {
+    /// This process claimed the tick and holds the job's lock for its run.
+    Run(Box<TickRun>),
+    /// Another process claimed this tick.
+    Taken {
+        /// The tick.
+        tick: DateTime,
+    },
+    /// This process claimed the tick while a previous run still holds the
+    /// lock: the tick is recorded as skipped and runs nowhere.
+    StillRunning {
+        /// The tick.
+        tick: DateTime,
+    },
+    /// No fire time is within the tolerance of the server's clock (the
+    /// scheduler fired too early or too late).
+    NotDue,
+}
+
+/// A claimed tick: the lock held for its run.
+#[derive(Debug)]
+pub struct TickRun {
+    guard: LockGuard,
+    tick: DateTime,
+    missed_before: u64,
+}
+
+impl TickRun {
+    /// The tick claimed.
+    pub fn tick(&self) -> DateTime {
+        self.tick
+    }
+
+    /// Ticks nobody claimed since the previous claimed tick.
+    pub fn missed_before(&self) -> u64 {
+        self.missed_before
+    }
+
+    /// The run's lock: its fencing token, its lost signal.
+    pub fn guard(&self) -> &LockGuard {
+        &self.guard
+    }
+}
+
+/// The state of a scheduled job, from [`Job::status`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JobStatus {
+    /// The job's key.
+    pub key: String,
+    /// Its newest runs, newest first. A run that recorded no outcome and
+    /// whose lease has lapsed shows as [`RunOutcome::Abandoned`].
+    pub runs: Vec<RunRecord>,
+    /// The next tick, by the server's clock.
+    pub next_tick: Option<DateTime>,
+    /// Who holds the job's lock now (a run under way), and since when.
+    pub running: Option<(String, Option<DateTime>)>,
+    /// Missed ticks counted in the runs shown.
+    pub missed: u64,
+}
+
+impl MongoLock {
+    /// A scheduled job named `key`, firing on `schedule`. See [`Job`].
+    pub fn job(&self, key: impl Into<String>, schedule: Schedule) -> Job {
+        Job {
+            lock: self.clone(),
+            key: key.into(),
+            schedule,
+            expires: None,
+            tolerance: DEFAULT_TICK_TOLERANCE,
+        }
+    }
+
+    /// The status of every job with run records (the newest `runs` of
+    /// each). Jobs are known by their records, so a schedule is the one
+    /// their newest record was made with.
+    pub async fn job_statuses(&self, runs: usize) -> Result<Vec<JobStatus>> {
+        let mut out = Vec::new();
+        for key in self.recorded_jobs().await? {
+            let newest = self.run_records(&key, 1).await?;
+            let Some(schedule) = newest
+                .first()
+                .and_then(|r| Schedule::parse(&r.schedule).ok())
+            else {
+                continue;
+            };
+            out.push(self.job(key, schedule).status(runs).await?);
+        }
+        Ok(out)
+    }
+}
+
+impl Job {
+    /// The lease of a run. Without it, runs take the default lease
+    /// ([`DEFAULT_EXPIRES`](crate::DEFAULT_EXPIRES)) and renew it while
+    /// they run; with it, they hold exactly that long and a run that
+    /// outlasts it is cancelled and recorded as lost.
+    pub fn expires(mut self, lease: Duration) -> Self {
+        self.expires = Some(lease);
+        self
+    }
+
+    /// How far from the server's clock a tick may be for a run to claim it
+    /// (default [`DEFAULT_TICK_TOLERANCE`], 60 s); it is also never more
+    /// than just under half the gap between ticks, so the nearest tick is
+    /// always the one meant. Schedulers skewed from the server by less than
+    /// this run each tick once between them.
+    pub fn tolerance(mut self, tolerance: Duration) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+
+    /// The job's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The job's schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// Claims the tick nearest the server's clock and takes the job's lock
+    /// for its run, in one round trip, and records the claim. Call it when
+    /// your scheduler fires, or use [`run`](Self::run), which also runs the
+    /// job and records its outcome.
+    pub async fn claim(&self) -> Result<Claim> {
+        let lock = &self.lock;
+        lock.server_clock()
+            .refresh(lock.collection().client())
+            .await;
+        let estimate = lock.server_clock().server_now_millis();
+        let candidates = self.schedule.candidates(estimate);
+        let tolerance = self.tolerance_millis(&candidates)?;
+        let lease = self.expires.unwrap_or(DEFAULT_EXPIRES);
+        let owner = unique_owner();
+        let claim = format!("{:016x}", rand::random::<u64>());
+        let mut req = Request::new(self.key.clone(), owner.clone(), claim.clone(), lease, None)?;
+        req.tick = Some((candidates, tolerance));
+        let renew_every = self.expires.is_none().then_some(lease / 3);
+        match lock.attempt_until(&req).await? {
+            Attempt::Acquired { info, anchor, .. } => {
+                let Some(tick) = info.tick else {
+                    return Err(Error::Corrupt {
+                        key: self.key.clone(),
+                        reason: "a claimed tick is missing from the lock document".to_owned(),
+                    });
+                };
+                let missed_before = info.prev_tick.map_or(0, |prev| {
+                    self.schedule.between(prev, tick.timestamp_millis())
+                });
+                if missed_before > 0 {
+                    tracing::warn!(key = %self.key, missed = missed_before, %tick, "mongolock: ticks were missed (nobody claimed them)");
+                    crate::metrics::missed_ticks(&self.key, missed_before);
+                }
+                let token = info.token;
+                let guard = LockGuard::new(
+                    lock.clone(),
+                    info,
+                    Held {
+                        anchor,
+                        lease,
+                        handed: false,
+                        hand_over: HandOver::Never,
+                        renew_every,
+                        min_hold_millis: 0,
+                    },
+                );
+                let claimed = Claimed {
+                    job: &self.key,
+                    schedule: &self.schedule.to_string(),
+                    tick: tick.timestamp_millis(),
+                    owner: &owner,
+                    token,
+                    missed_before,
+                };
+                lock.record_claim(&claimed, RunOutcome::Running).await?;
+                Ok(Claim::Run(Box::new(TickRun {
+                    guard,
+                    tick,
+                    missed_before,
+                })))
+            }
+            Attempt::Busy(info, _) => match info.tick {
+                Some(tick) if info.tick_by.as_deref() == Some(claim.as_str()) => {
+                    tracing::info!(key = %self.key, %tick, "mongolock: the previous run still holds the job; tick skipped");
+                    crate::metrics::run_finished(&self.key, &RunOutcome::SkippedStillRunning, None);
+                    let claimed = Claimed {
+                        job: &self.key,
+                        schedule: &self.schedule.to_string(),
+                        tick: tick.timestamp_millis(),
+                        owner: &owner,
+                        token: 0,
+                        missed_before: 0,
+                    };
+                    lock.record_claim(&claimed, RunOutcome::SkippedStillRunning)
+                        .await?;
+                    Ok(Claim::StillRunning { tick })
+                }
+                Some(tick) if self.is_current(tick.timestamp_millis(), estimate, tolerance) => {
+                    Ok(Claim::Taken { tick })
+                }
+                _ => Ok(Claim::NotDue),
+            },
+        }
+    }
+
+    /// Whether `tick`, the last claimed, is the one this process meant.
+    fn is_current(&self, tick: i64, estimate: i64, tolerance: i64) -> bool {
+        (tick - estimate).abs() <= tolerance.saturating_mul(2)
+    }
+
+    /// The tolerance sent with a claim: the configured one, but under half
+    /// the shortest gap between the candidates, at least 1 ms.
+    fn tolerance_millis(&self, candidates: &[i64]) -> Result<i64> {
+        let configured = crate::validate::positive_millis("tolerance", self.tolerance)?;
+        let half_gap = Schedule::shortest_gap(candidates).map_or(i64::MAX, |gap| (gap - 1) / 2);
+        Ok(configured.min(half_gap).max(1))
+    }
+
+    /// Claims the tick and, if this process got it, runs `job` under the
+    /// lock and records how it went; `None` when the tick is not this
+    /// process's to run (another claimed it, the previous run still holds
+    /// the lock, or no tick is due).
+    ///
+    /// The job is cancelled at its next await if the lock is lost, and the
+    /// run recorded as [`RunOutcome::Lost`]; an `Err` is recorded as
+    /// [`RunOutcome::Error`] with its `Debug` text. The lock is released
+    /// after the outcome is recorded.
+    pub async fn run<F, Fut, T, E>(&self, job: F) -> Result<Option<Result<T, E>>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Debug,
+    {
+        let Claim::Run(run) = self.claim().await? else {
+            return Ok(None);
+        };
+        let started = tokio::time::Instant::now();
+        let ran = crate::__private::until_lost(&run.guard, job()).await;
+        let outcome = match &ran {
+            Ok(Ok(_)) => RunOutcome::Ok,
+            Ok(Err(e)) => RunOutcome::Error(format!("{e:?}")),
+            Err(_) => RunOutcome::Lost,
+        };
+        self.finish(run, &outcome, started.elapsed()).await;
+        match ran {
+            Ok(result) => Ok(Some(result)),
+            Err(lost) => Err(lost),
+        }
+    }
+
+    /// Records `outcome` for `run` and releases its lock. Failures are
+    /// logged: the lease runs out by itself, and a record left running is
+    /// marked abandoned by the next claim.
+    pub(crate) async fn finish(&self, run: Box<TickRun>, outcome: &RunOutcome, took: Duration) {
+        let lock = &self.lock;
+        crate::metrics::run_finished(&self.key, outcome, Some(took));
+        let recorded = lock
+            .bounded(
+                &self.key,
+                lock.operation_timeout(),
+                lock.record_outcome(
+                    &self.key,
+                    run.tick.timestamp_millis(),
+                    run.guard.token(),
+                    outcome,
+                ),
+            )
+            .await;
+        if let Err(error) = recorded {
+            tracing::warn!(key = %self.key, %error, "mongolock: could not record a run's outcome");
+        }
+        crate::__private::release(run.guard).await;
+    }
+
+    /// Runs the job at every tick, for as long as the returned future is
+    /// polled: sleeps until the next tick by the server's clock, then
+    /// [`run`](Self::run)s it. Every process of a fleet can call this on
+    /// the same job: each tick runs once among them, and ticks keep running
+    /// while any one of them lives. Errors of a run (the job's or the
+    /// lock's) are logged and the loop goes on.
+    pub async fn run_every_tick<F, Fut, T, E>(&self, mut job: F) -> std::convert::Infallible
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Debug,
+    {
+        loop {
+            let lock = &self.lock;
+            lock.server_clock()
+                .refresh(lock.collection().client())
+                .await;
+            let now = lock.server_clock().server_now_millis();
+            let wake = self
+                .schedule
+                .after(now)
+                .and_then(|next| {
+                    lock.server_clock()
+                        .local_instant(DateTime::from_millis(next))
+                })
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::time::sleep_until(wake).await;
+            match self.run(&mut job).await {
+                Ok(Some(Err(error))) => {
+                    tracing::warn!(key = %self.key, ?error, "mongolock: scheduled run failed")
+                }
+                Err(error) => {
+                    tracing::warn!(key = %self.key, %error, "mongolock: scheduled run could not run")
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The job's newest `runs` records, its next tick, who runs it now and
+    /// the missed ticks among those runs.
+    pub async fn status(&self, runs: usize) -> Result<JobStatus> {
+        let lock = &self.lock;
+        let limit = i64::try_from(runs).unwrap_or(i64::MAX);
+        let mut records = lock.run_records(&self.key, limit).await?;
+        let holder = match lock.get_lock_info(&self.key).await? {
+            Some(info) if lock.is_locked(&self.key).await? => Some(info),
+            _ => None,
+        };
+        for record in &mut records {
+            let holds = holder.as_ref().is_some_and(|h| h.token == record.token);
+            if record.outcome == RunOutcome::Running && !holds {
+                record.outcome = RunOutcome::Abandoned;
+            }
+        }
+        lock.server_clock()
+            .refresh(lock.collection().client())
+            .await;
+        let now = lock.server_clock().server_now_millis();
+        Ok(JobStatus {
+            key: self.key.clone(),
+            missed: records.iter().map(|r| r.missed_before).sum(),
+            runs: records,
+            next_tick: self.schedule.after(now).map(DateTime::from_millis),
+            running: holder.and_then(|h| h.owner.map(|o| (o, h.acquired_at))),
+        })
+    }
+}
