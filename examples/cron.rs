@@ -1,9 +1,11 @@
 //! The most common use: a cron job that fires on every machine, and runs on
 //! one of them per tick. Three worker processes (three machines) each run
 //! `tokio-cron-scheduler` with a job every second; `#[mongo_locked]` with
-//! `on_busy = skip` lets the first one in run it and the others skip it, and
-//! `min_hold` keeps the lock for most of the period, so a worker whose clock
-//! or scheduler fires a little later does not run the same tick again.
+//! `schedule` claims the tick nearest the server's clock in the same round
+//! trip as the lock: the first worker in runs it, the others skip it, and a
+//! worker whose scheduler fires a little later finds the tick claimed and
+//! does not run it again. Every claimed tick leaves a run record; the
+//! example prints them at the end.
 //!
 //! `cargo run --example cron` starts a local test server unless
 //! `MONGODB_URI` is set. `CRON_TICKS` sets how many seconds it runs (5).
@@ -19,8 +21,8 @@ const WORKER: &str = "CRON_WORKER";
 /// Where each run is recorded, for `tests/cron.rs` to count.
 const RUNS: &str = "CRON_RUNS";
 
-/// Fires every second on every worker; runs on one of them per second.
-#[mongo_locked(key = "cron:every-second", expires = 10, min_hold = "700ms", on_busy = skip)]
+/// Fires every second on every worker; runs on one of them per tick.
+#[mongo_locked(key = "cron:every-second", schedule = "1s", expires = 10)]
 async fn every_second(
     worker: &str,
     tick: u64,
@@ -90,5 +92,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         &["worker-1", "worker-2", "worker-3"],
         &[("MONGODB_URI", &uri)],
     )?;
+    print_runs(&MongoLock::connect(&uri).await?, ticks).await?;
+    Ok(())
+}
+
+/// The run records of the job's last ticks, as an operator would read them.
+async fn print_runs(lock: &MongoLock, ticks: u64) -> mongolock::Result<()> {
+    let job = lock.job("cron:every-second", mongolock::Schedule::parse("1s")?);
+    let status = job.status(usize::try_from(ticks).unwrap_or(5)).await?;
+    println!("\nrun records of {} (newest first):", status.key);
+    println!(
+        "{:<26} {:<10} {:<8} {:>8} {:>7}",
+        "tick", "outcome", "pid", "took", "missed"
+    );
+    for run in &status.runs {
+        let took = match (run.started, run.finished) {
+            (Some(s), Some(f)) => format!("{} ms", f.timestamp_millis() - s.timestamp_millis()),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{:<26} {:<10} {:<8} {:>8} {:>7}",
+            run.tick.try_to_rfc3339_string().unwrap_or_default(),
+            format!("{:?}", run.outcome),
+            run.pid,
+            took,
+            run.missed_before
+        );
+    }
     Ok(())
 }

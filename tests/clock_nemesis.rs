@@ -509,3 +509,65 @@ async fn document_deleted_then_recreated_by_a_clock_behind_keeps_tokens_growing(
     .write();
     assert!(next.token() > old, "{} after {old}", next.token());
 }
+
+/// Scheduled jobs: the server's clock steps back 2 s, then forward 4 s,
+/// while three workers claim a 1 s schedule's ticks as often as they can.
+/// A tick is claimed only if it is later than the last one claimed, so a
+/// step back never runs a tick again, and a step forward skips ticks (the
+/// next claim counts them as missed) rather than running any twice; the
+/// workers re-read the server's clock when no tick is due, so they keep
+/// running ticks after each step.
+#[tokio::test]
+async fn scheduled_ticks_never_run_twice_when_the_server_clock_steps() {
+    let _one = SERIAL.lock().await;
+    let server = SkewedServer::start("schedule", false).await;
+    let ran: Arc<Mutex<Vec<(i64, usize)>>> = Arc::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        let lock = server.fx().lock(&format!("scheduled-{worker}")).await;
+        let (ran, mut stop) = (ran.clone(), stop_rx.clone());
+        workers.push(tokio::spawn(async move {
+            let job = lock
+                .job("tick", mongolock::Schedule::parse("1s").unwrap())
+                .expires(Duration::from_secs(1));
+            while !*stop.borrow() {
+                let ran = ran.clone();
+                job.run(|tick| async move {
+                    ran.lock()
+                        .unwrap()
+                        .push((tick.at.timestamp_millis(), worker));
+                    Ok::<_, Error>(())
+                })
+                .await
+                .unwrap();
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }));
+    }
+    let runs = || ran.lock().unwrap().len();
+    // Time passing is what this test is about: the schedule ticks by it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before_back = runs();
+    server.set_offset(-2).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after_back = runs();
+    server.set_offset(2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_tx.send(true).unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let ran = ran.lock().unwrap().clone();
+    let mut ticks: Vec<i64> = ran.iter().map(|(t, _)| *t).collect();
+    ticks.sort_unstable();
+    let unique = ticks.len();
+    ticks.dedup();
+    assert_eq!(unique, ticks.len(), "a tick ran twice: {ran:?}");
+    assert!(before_back > 0, "no tick ran before the steps");
+    assert!(after_back > before_back, "no tick ran after the step back");
+    assert!(ran.len() > after_back, "no tick ran after the step forward");
+}

@@ -21,14 +21,14 @@ async fn a_tick_is_claimed_once_and_its_run_recorded() {
     let a = fresh_lock("jobs_once").await;
     let b = MongoLock::with_collection(a.collection().clone());
     let ran = hourly(&a, "report")
-        .run(|| async { Ok::<_, Error>(7) })
+        .run(|_| async { Ok::<_, Error>(7) })
         .await
         .unwrap();
     assert_eq!(ran.map(|r| r.unwrap()), Some(7));
     // The same tick, from another process: not run again, though the lock
     // is free.
     let again = hourly(&b, "report")
-        .run(|| async { Ok::<_, Error>(8) })
+        .run(|_| async { Ok::<_, Error>(8) })
         .await
         .unwrap();
     assert!(again.is_none());
@@ -51,7 +51,7 @@ async fn a_tick_is_claimed_once_and_its_run_recorded() {
 async fn a_failed_run_is_recorded_with_its_error() {
     let lock = fresh_lock("jobs_error").await;
     let ran = hourly(&lock, "import")
-        .run(|| async { Err::<(), _>("disk full") })
+        .run(|_| async { Err::<(), _>("disk full") })
         .await
         .unwrap();
     assert_eq!(ran, Some(Err("disk full")));

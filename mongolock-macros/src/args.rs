@@ -8,7 +8,30 @@ use crate::duration;
 
 /// Every argument name, in the order the docs list them.
 pub(crate) const NAMES: &[&str] = &[
-    "key", "expires", "timeout", "renew", "min_hold", "on_busy", "fair", "owner", "lock", "crate",
+    "key", "expires", "timeout", "renew", "min_hold", "on_busy", "fair", "owner", "lock",
+    "schedule", "crate",
+];
+
+/// Arguments that do not go with `schedule`, and why.
+const NOT_WITH_SCHEDULE: &[(&str, &str)] = &[
+    (
+        "timeout",
+        "a scheduled run claims its tick once, without waiting",
+    ),
+    (
+        "min_hold",
+        "a claimed tick is never run again, however short the run",
+    ),
+    (
+        "on_busy",
+        "a tick that is not this process's to run is always skipped",
+    ),
+    ("fair", "a scheduled run never queues"),
+    (
+        "owner",
+        "each run has an owner of its own, recorded with the run",
+    ),
+    ("renew", "a run renews its lease unless `expires` is given"),
 ];
 
 /// How the key is given.
@@ -63,6 +86,8 @@ pub(crate) struct Args {
     pub(crate) fair: Option<Expr>,
     pub(crate) owner: Option<Expr>,
     pub(crate) lock: Option<Expr>,
+    /// `schedule = "0 2 * * *"`: one run per tick across the fleet.
+    pub(crate) schedule: Option<Expr>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -104,6 +129,7 @@ impl Args {
                 "fair" => args.fair.is_some(),
                 "owner" => args.owner.is_some(),
                 "lock" => args.lock.is_some(),
+                "schedule" => args.schedule.is_some(),
                 "crate" => args.krate.is_some(),
                 _ => {
                     errors.push(syn::Error::new_spanned(
@@ -151,6 +177,18 @@ impl Args {
                     args.lock = Some(value);
                     Ok(())
                 }
+                "schedule" => match value {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Str(lit), ..
+                    }) if lit.value().trim().is_empty() => Err(syn::Error::new_spanned(
+                        &lit,
+                        "the schedule must not be empty: a period such as \"1m\" or a cron expression such as \"0 2 * * *\"",
+                    )),
+                    value => {
+                        args.schedule = Some(value);
+                        Ok(())
+                    }
+                },
                 _ => match value {
                     Expr::Path(p) if p.qself.is_none() => {
                         args.krate = Some(p.path);
@@ -164,6 +202,24 @@ impl Args {
             };
             if let Err(e) = parsed {
                 errors.push(e);
+            }
+        }
+        if let Some(schedule) = &args.schedule {
+            let given = |name: &str| match name {
+                "timeout" => args.timeout.is_some(),
+                "min_hold" => args.min_hold.is_some(),
+                "on_busy" => args.skip_when_busy.is_some(),
+                "fair" => args.fair.is_some(),
+                "owner" => args.owner.is_some(),
+                _ => args.renew.is_some(),
+            };
+            for (name, why) in NOT_WITH_SCHEDULE {
+                if given(name) {
+                    errors.push(syn::Error::new_spanned(
+                        schedule,
+                        format!("`{name}` does not go with `schedule`: {why}"),
+                    ));
+                }
             }
         }
         errors.finish()?;
@@ -313,11 +369,30 @@ mod tests {
     }
 
     #[test]
+    fn options_that_do_not_go_with_a_schedule_are_each_reported() {
+        let args = parse(quote!(key = "k", schedule = "1m", expires = 60)).unwrap();
+        assert!(args.schedule.is_some());
+        let err = parse(quote!(
+            key = "k",
+            schedule = "1m",
+            timeout = 5,
+            on_busy = skip
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("`timeout` does not go with `schedule`"),
+            "{err}"
+        );
+        let err = parse(quote!(key = "k", schedule = "")).unwrap_err();
+        assert!(err.contains("must not be empty"), "{err}");
+    }
+
+    #[test]
     fn unknown_argument_lists_valid_ones() {
         let err = parse(quote!(key = "k", expire = 5)).unwrap_err();
         assert_eq!(
             err,
-            "unknown argument `expire`; expected one of: key, expires, timeout, renew, min_hold, on_busy, fair, owner, lock, crate"
+            "unknown argument `expire`; expected one of: key, expires, timeout, renew, min_hold, on_busy, fair, owner, lock, schedule, crate"
         );
     }
 

@@ -240,7 +240,7 @@ fn pattern_names(pat: &Pat, names: &mut Vec<String>) {
 /// `async move` block (so `return` and `?` leave the block, not the
 /// function), release, return the body's result. For `#[async_trait]`'s
 /// rewrite, the same happens inside its boxed `async move` block.
-fn wrap(args: &Args, key: &TokenStream, mut func: ItemFn) -> ItemFn {
+fn wrap(args: &Args, key: &TokenStream, func: ItemFn) -> ItemFn {
     let krate = match (&args.krate, crate::krate::renamed()) {
         (Some(path), _) => quote!(#path),
         (None, Some(renamed)) => {
@@ -360,6 +360,39 @@ fn wrap(args: &Args, key: &TokenStream, mut func: ItemFn) -> ItemFn {
             }
         }
     };
+    if let Some(schedule) = &args.schedule {
+        let expires = match &args.expires {
+            Some(d) => {
+                let d = duration("expires", d);
+                quote!(::core::option::Option::Some(#d))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let skipped = respan(quote!(#krate::__private::not_this_tick), ret_span);
+        let body = quote! {
+            let #guard = {
+                let #lock: &#krate::MongoLock = #lock_source;
+                match #krate::__private::claim_tick(#lock, #key, #schedule, #expires).await {
+                    ::core::result::Result::Ok(::core::option::Option::Some(#guard)) => #guard,
+                    ::core::result::Result::Ok(::core::option::Option::None) => {
+                        return #skipped();
+                    }
+                    ::core::result::Result::Err(#error) => return #convert,
+                }
+            };
+            let #result = match #krate::__private::until_lost(#guard.guard(), #inner).await {
+                ::core::result::Result::Ok(#result) => #result,
+                ::core::result::Result::Err(#error) => {
+                    #guard.finish_lost().await;
+                    return #convert;
+                }
+            };
+            #guard.finish(&#result).await;
+            #[allow(clippy::needless_return)]
+            return #result;
+        };
+        return install(func, body);
+    }
     let body = quote! {
             let #guard = {
                 let #lock: &#krate::MongoLock = #lock_source;
@@ -377,6 +410,12 @@ fn wrap(args: &Args, key: &TokenStream, mut func: ItemFn) -> ItemFn {
             #[allow(clippy::needless_return)]
             return #result;
     };
+    install(func, body)
+}
+
+/// `func` with `body` as its body (inside the boxed future, for an
+/// `#[async_trait]` method).
+fn install(mut func: ItemFn, body: TokenStream) -> ItemFn {
     if boxed_async_block(&func.block).is_some() {
         // Keep `Box::pin(...)` as `#[async_trait]` wrote it; replace its
         // block with ours around it.

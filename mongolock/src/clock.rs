@@ -110,6 +110,12 @@ impl ServerClock {
             .map_or(local, |s| local.saturating_add(s.offset_millis))
     }
 
+    /// Forgets the kept sample, so that the next [`refresh`](Self::refresh)
+    /// asks the server: the server's clock may have stepped.
+    pub(crate) fn forget(&self) {
+        *self.sample.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// Makes sure the estimate is fresh, asking `client`'s server (`hello`
     /// reports its time) at most once a minute. Failure leaves it unknown:
     /// waiters then poll.

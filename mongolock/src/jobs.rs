@@ -42,7 +42,7 @@ pub const DEFAULT_TICK_TOLERANCE: Duration = Duration::from_secs(60);
 ///
 /// let job = lock.job("nightly-report", Schedule::parse("0 2 * * *")?);
 /// // Called by every machine's scheduler at 02:00; runs on one of them.
-/// match job.run(|| async { Ok::<_, std::io::Error>(()) }).await? {
+/// match job.run(|tick| async move { println!("the report of {}", tick.at); Ok::<_, std::io::Error>(()) }).await? {
 ///     Some(result) => println!("ran: {result:?}"),
 ///     None => println!("another machine has this tick"),
 /// }
@@ -102,6 +102,29 @@ impl TickRun {
     pub fn guard(&self) -> &LockGuard {
         &self.guard
     }
+
+    /// The tick, its token and the missed ticks before it.
+    pub fn info(&self) -> Tick {
+        Tick {
+            at: self.tick,
+            token: self.guard.token(),
+            missed_before: self.missed_before,
+        }
+    }
+}
+
+/// The tick a run was claimed for, handed to the job by [`Job::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Tick {
+    /// The scheduled fire time claimed (the server's choice: the one
+    /// nearest its clock).
+    pub at: DateTime,
+    /// The run's fencing token: pass it to what the job writes, so that a
+    /// run that lost its lock is refused there.
+    pub token: i64,
+    /// Ticks nobody claimed since the previous claimed tick.
+    pub missed_before: u64,
 }
 
 /// The state of a scheduled job, from [`Job::status`].
@@ -187,6 +210,18 @@ impl Job {
     /// your scheduler fires, or use [`run`](Self::run), which also runs the
     /// job and records its outcome.
     pub async fn claim(&self) -> Result<Claim> {
+        match self.claim_once().await? {
+            // The estimate of the server's clock may be stale (its clock
+            // stepped): read it again, and try once more.
+            Claim::NotDue => {
+                self.lock.server_clock().forget();
+                self.claim_once().await
+            }
+            claim => Ok(claim),
+        }
+    }
+
+    async fn claim_once(&self) -> Result<Claim> {
         let lock = &self.lock;
         lock.server_clock()
             .refresh(lock.collection().client())
@@ -291,7 +326,7 @@ impl Job {
     /// after the outcome is recorded.
     pub async fn run<F, Fut, T, E>(&self, job: F) -> Result<Option<Result<T, E>>>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Tick) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Debug,
     {
@@ -299,7 +334,7 @@ impl Job {
             return Ok(None);
         };
         let started = tokio::time::Instant::now();
-        let ran = crate::__private::until_lost(&run.guard, job()).await;
+        let ran = crate::__private::until_lost(&run.guard, job(run.info())).await;
         let outcome = match &ran {
             Ok(Ok(_)) => RunOutcome::Ok,
             Ok(Err(e)) => RunOutcome::Error(format!("{e:?}")),
@@ -344,7 +379,7 @@ impl Job {
     /// lock's) are logged and the loop goes on.
     pub async fn run_every_tick<F, Fut, T, E>(&self, mut job: F) -> std::convert::Infallible
     where
-        F: FnMut() -> Fut,
+        F: FnMut(Tick) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Debug,
     {

@@ -79,7 +79,7 @@ pub use global::{configure, global};
 pub use guard::LockGuard;
 pub use info::LockInfo;
 pub use jobs::{
-    Claim, Job, JobStatus, RunOutcome, RunRecord, Schedule, TickRun, DEFAULT_RUN_HISTORY,
+    Claim, Job, JobStatus, RunOutcome, RunRecord, Schedule, Tick, TickRun, DEFAULT_RUN_HISTORY,
     DEFAULT_TICK_TOLERANCE,
 };
 pub use mongo_lock::MongoLock;

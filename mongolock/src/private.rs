@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::acquire::Acquire;
 use crate::error::Error;
 use crate::guard::LockGuard;
+use crate::jobs::{Claim, Job, RunOutcome, Schedule, TickRun};
+use crate::mongo_lock::MongoLock;
 
 pub use crate::global::global;
 
@@ -83,6 +85,121 @@ impl<T, E> Skipped for Result<Option<T>, E> {
 pub fn skipped<R: Skipped>(key: &str) -> R {
     tracing::debug!(key, "mongolock: busy, call skipped (on_busy = skip)");
     R::skipped()
+}
+
+/// The value of a `#[mongo_locked(schedule = ...)]` call whose tick is not
+/// this process's to run (the claim logged why).
+pub fn not_this_tick<R: Skipped>() -> R {
+    R::skipped()
+}
+
+/// A schedule given to `#[mongo_locked(schedule = ...)]`: text (a period
+/// or a cron expression) or a [`Schedule`].
+#[diagnostic::on_unimplemented(
+    message = "`schedule` takes a string (\"1m\", \"0 2 * * *\") or a `mongolock::Schedule`, not `{Self}`",
+    label = "expected a period, a cron expression or a `Schedule`"
+)]
+pub trait ScheduleArg {
+    /// The schedule, or [`Error::InvalidSchedule`].
+    fn schedule(self) -> Result<Schedule, Error>;
+}
+
+impl ScheduleArg for &str {
+    fn schedule(self) -> Result<Schedule, Error> {
+        Schedule::parse(self)
+    }
+}
+
+impl ScheduleArg for String {
+    fn schedule(self) -> Result<Schedule, Error> {
+        Schedule::parse(&self)
+    }
+}
+
+impl ScheduleArg for Schedule {
+    fn schedule(self) -> Result<Schedule, Error> {
+        Ok(self)
+    }
+}
+
+impl ScheduleArg for &Schedule {
+    fn schedule(self) -> Result<Schedule, Error> {
+        Ok(self.clone())
+    }
+}
+
+/// How a scheduled run's output is recorded: `Result<T, E>` with an
+/// `E: Debug`, recorded as ok or as an error with its `Debug` text.
+#[diagnostic::on_unimplemented(
+    message = "`#[mongo_locked(schedule = ...)]` functions return `Result<T, E>` with `E: Debug`, to record each run's outcome",
+    label = "the outcome of this return type cannot be recorded"
+)]
+pub trait RunResult {
+    /// The outcome to record.
+    fn outcome(&self) -> RunOutcome;
+}
+
+impl<T, E: std::fmt::Debug> RunResult for Result<T, E> {
+    fn outcome(&self) -> RunOutcome {
+        match self {
+            Ok(_) => RunOutcome::Ok,
+            Err(e) => RunOutcome::Error(format!("{e:?}")),
+        }
+    }
+}
+
+/// A claimed tick, run by a `#[mongo_locked(schedule = ...)]` function.
+#[derive(Debug)]
+pub struct ScheduledRun {
+    job: Job,
+    run: Box<TickRun>,
+    started: tokio::time::Instant,
+}
+
+impl ScheduledRun {
+    /// The run's lock.
+    pub fn guard(&self) -> &LockGuard {
+        self.run.guard()
+    }
+
+    /// Records the body's outcome and releases the lock.
+    pub async fn finish<R: RunResult>(self, result: &R) {
+        self.job
+            .finish(self.run, &result.outcome(), self.started.elapsed())
+            .await;
+    }
+
+    /// Records a lost lock and releases what is left of it.
+    pub async fn finish_lost(self) {
+        self.job
+            .finish(self.run, &RunOutcome::Lost, self.started.elapsed())
+            .await;
+    }
+}
+
+/// Claims the tick of the job `key` on `schedule`: `Some` when this
+/// process runs it.
+pub async fn claim_tick(
+    lock: &MongoLock,
+    key: impl Into<String>,
+    schedule: impl ScheduleArg,
+    expires: Option<Duration>,
+) -> Result<Option<ScheduledRun>, Error> {
+    let mut job = lock.job(key, schedule.schedule()?);
+    if let Some(expires) = expires {
+        job = job.expires(expires);
+    }
+    match job.claim().await? {
+        Claim::Run(run) => Ok(Some(ScheduledRun {
+            job,
+            run,
+            started: tokio::time::Instant::now(),
+        })),
+        other => {
+            tracing::debug!(key = %job.key(), ?other, "mongolock: scheduled call skipped");
+            Ok(None)
+        }
+    }
 }
 
 /// A duration given to `#[mongo_locked]` as an expression: a

@@ -164,9 +164,9 @@ impl MongoLock {
     }
 
     /// Records a claimed tick with `outcome` (running, or skipped), by the
-    /// server's clock, and marks the job's earlier runs that never recorded
-    /// an outcome as abandoned: the tick was claimed, so their leases are
-    /// over.
+    /// server's clock. A run (the lock taken, so every earlier run's lease
+    /// is over) also marks the job's earlier runs that never recorded an
+    /// outcome as abandoned.
     pub(crate) async fn record_claim(
         &self,
         claimed: &Claimed<'_>,
@@ -199,6 +199,9 @@ impl MongoLock {
             )
             .upsert(true)
             .await?;
+        if outcome != RunOutcome::Running {
+            return Ok(());
+        }
         self.runs()
             .update_many(
                 doc! {
