@@ -146,3 +146,97 @@ async fn missed_ticks_are_counted_and_a_vanished_runner_is_recorded_abandoned() 
     assert_eq!(first_record.outcome, RunOutcome::Abandoned);
     assert_eq!(status.missed, next.missed_before());
 }
+
+#[mongolock::mongo_locked(key = "macro:{name}", schedule = "2s", lock = lock)]
+async fn scheduled_fn(lock: &MongoLock, name: &str, fail: bool) -> Result<Option<u32>, JobError> {
+    if fail {
+        return Err(JobError(format!("{name} failed")));
+    }
+    Ok(Some(42))
+}
+
+#[derive(Debug, PartialEq)]
+struct JobError(String);
+
+impl From<Error> for JobError {
+    fn from(e: Error) -> Self {
+        JobError(e.to_string())
+    }
+}
+
+/// Waits until just after a tick of a 2 s schedule, so that the calls
+/// that follow (well within a second) all mean that tick.
+async fn just_after_a_two_second_tick() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let wait = 2_000 - now % 2_000 + 50;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
+/// `#[mongo_locked(schedule = ...)]`: the first call of a tick runs the body
+/// and records it, later calls of the same tick return `Ok(None)` without
+/// running it; an error is recorded with its text.
+#[tokio::test]
+async fn the_attribute_runs_each_tick_once_and_records_it() {
+    let lock = fresh_lock("jobs_macro").await;
+    just_after_a_two_second_tick().await;
+    assert_eq!(scheduled_fn(&lock, "a", false).await, Ok(Some(42)));
+    assert_eq!(scheduled_fn(&lock, "a", false).await, Ok(None));
+    assert_eq!(
+        scheduled_fn(&lock, "b", true).await,
+        Err(JobError("b failed".to_owned()))
+    );
+    let status = |key: &str| lock.job(key, Schedule::parse("2s").unwrap());
+    let a = status("macro:a").status(5).await.unwrap();
+    assert_eq!(a.runs.len(), 1);
+    assert_eq!(a.runs[0].outcome, RunOutcome::Ok);
+    let b = status("macro:b").status(5).await.unwrap();
+    assert_eq!(
+        b.runs[0].outcome,
+        RunOutcome::Error("JobError(\"b failed\")".to_owned())
+    );
+}
+
+/// The runner: every "process" calls the same loop; each tick runs once
+/// among them, and ticks keep running while any one of them lives.
+#[tokio::test]
+async fn runners_in_every_process_run_each_tick_once_while_any_lives() {
+    let first = fresh_lock("jobs_runner").await;
+    let ran: std::sync::Arc<std::sync::Mutex<Vec<(i64, usize)>>> = Default::default();
+    let mut runners = Vec::new();
+    for process in 0..3 {
+        let lock = MongoLock::with_collection(first.collection().clone());
+        let ran = ran.clone();
+        runners.push(tokio::spawn(async move {
+            lock.job("runner", Schedule::parse("1s").unwrap())
+                .run_every_tick(move |tick| {
+                    let ran = ran.clone();
+                    async move {
+                        ran.lock().unwrap().push((tick.at.timestamp_millis(), process));
+                        Ok::<_, Error>(())
+                    }
+                })
+                .await
+        }));
+    }
+    let count = || ran.lock().unwrap().len();
+    // The schedule ticks by the clock: wait for ticks to pass.
+    while count() < 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two of the three "processes" end; the last keeps the ticks running.
+    runners[0].abort();
+    runners[1].abort();
+    let before = count();
+    while count() < before + 2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    runners[2].abort();
+    let ran = ran.lock().unwrap().clone();
+    let mut ticks: Vec<i64> = ran.iter().map(|(t, _)| *t).collect();
+    ticks.dedup();
+    assert_eq!(ticks.len(), ran.len(), "a tick ran twice: {ran:?}");
+    assert!(ran[before..].iter().all(|(_, p)| *p == 2), "{ran:?}");
+}

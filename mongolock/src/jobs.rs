@@ -430,11 +430,16 @@ impl Job {
             .refresh(lock.collection().client())
             .await;
         let now = lock.server_clock().server_now_millis();
+        // A tick may be claimed a little early: the next is after both.
+        let last_claimed = records.first().map_or(now, |r| r.tick.timestamp_millis());
         Ok(JobStatus {
             key: self.key.clone(),
             missed: records.iter().map(|r| r.missed_before).sum(),
             runs: records,
-            next_tick: self.schedule.after(now).map(DateTime::from_millis),
+            next_tick: self
+                .schedule
+                .after(now.max(last_claimed))
+                .map(DateTime::from_millis),
             running: holder.and_then(|h| h.owner.map(|o| (o, h.acquired_at))),
         })
     }

@@ -191,7 +191,6 @@ impl MongoLock {
         if let RunOutcome::Error(message) = &outcome {
             set.insert(ERROR, message.as_str());
         }
-        self.start_runs_ttl_index();
         self.runs()
             .update_one(
                 doc! { "_id": record_id(claimed.job, claimed.tick) },
@@ -199,6 +198,9 @@ impl MongoLock {
             )
             .upsert(true)
             .await?;
+        // After the first write, which created the collection if it was
+        // new: an index build racing its creation can stall the write.
+        self.start_runs_ttl_index();
         if outcome != RunOutcome::Running {
             return Ok(());
         }
