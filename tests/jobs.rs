@@ -214,7 +214,9 @@ async fn runners_in_every_process_run_each_tick_once_while_any_lives() {
                 .run_every_tick(move |tick| {
                     let ran = ran.clone();
                     async move {
-                        ran.lock().unwrap().push((tick.at.timestamp_millis(), process));
+                        ran.lock()
+                            .unwrap()
+                            .push((tick.at.timestamp_millis(), process));
                         Ok::<_, Error>(())
                     }
                 })
@@ -239,4 +241,32 @@ async fn runners_in_every_process_run_each_tick_once_while_any_lives() {
     ticks.dedup();
     assert_eq!(ticks.len(), ran.len(), "a tick ran twice: {ran:?}");
     assert!(ran[before..].iter().all(|(_, p)| *p == 2), "{ran:?}");
+}
+
+/// Per job: a tick whose runner vanished is run again by another process
+/// (while the tick is still due) only with `retry_abandoned(true)`.
+#[tokio::test]
+async fn an_abandoned_tick_is_run_again_only_when_the_job_says_so() {
+    let lock = fresh_lock("jobs_retry").await;
+    for retry in [false, true] {
+        let key = format!("retry-{retry}");
+        let job = lock
+            .job(key.as_str(), Schedule::parse("2s").unwrap())
+            .expires(Duration::from_millis(300))
+            .retry_abandoned(retry);
+        just_after_a_two_second_tick().await;
+        let Claim::Run(first) = job.claim().await.unwrap() else {
+            panic!("the tick was not claimed");
+        };
+        let tick = first.tick();
+        // The runner vanishes mid-run.
+        std::mem::forget(first);
+        // Its lease lapses (by the clock: that is what a lease is).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        match job.claim().await.unwrap() {
+            Claim::Run(again) if retry => assert_eq!(again.tick(), tick),
+            Claim::Taken { tick: taken } if !retry => assert_eq!(taken, tick),
+            other => panic!("retry {retry}: {other:?}"),
+        }
+    }
 }

@@ -89,9 +89,10 @@ pub(crate) struct Request {
     pub(crate) timeout: Option<Duration>,
     /// Whether the acquisition queues (only `acquire()`, which has a claim).
     pub(crate) fair: bool,
-    /// A scheduled run's tick claim: the candidate fire times and the
-    /// tolerance (see [`query::TickClaim`]). Such a request never queues.
-    pub(crate) tick: Option<(Vec<i64>, i64)>,
+    /// A scheduled run's tick claim: the candidate fire times, the
+    /// tolerance and whether an abandoned tick is retried (see
+    /// [`query::TickClaim`]). Such a request never queues.
+    pub(crate) tick: Option<(Vec<i64>, i64, bool)>,
 }
 
 impl Request {
@@ -127,9 +128,10 @@ impl MongoLock {
         let tick = req
             .tick
             .as_ref()
-            .map(|(candidates, tolerance_millis)| query::TickClaim {
+            .map(|(candidates, tolerance_millis, retry)| query::TickClaim {
                 candidates,
                 tolerance_millis: *tolerance_millis,
+                retry_abandoned: *retry,
             });
         let fair = req.fair && !req.claim.is_empty() && tick.is_none();
         let mut queueing = fair.then(|| query::Queueing {

@@ -55,6 +55,7 @@ pub struct Job {
     schedule: Schedule,
     expires: Option<Duration>,
     tolerance: Duration,
+    retry_abandoned: bool,
 }
 
 /// What [`Job::claim`] got.
@@ -153,6 +154,7 @@ impl MongoLock {
             schedule,
             expires: None,
             tolerance: DEFAULT_TICK_TOLERANCE,
+            retry_abandoned: false,
         }
     }
 
@@ -195,6 +197,18 @@ impl Job {
         self
     }
 
+    /// Whether a tick whose run ended without recording an outcome (its
+    /// runner died, or lost the lock) may be run again by another process,
+    /// while the tick is still within the tolerance of the server's clock.
+    /// Default `false`: a run that died mid-way may have done part of its
+    /// work (sent some of the mails), and running the tick again would do
+    /// that part twice; turn it on for jobs that are safe to repeat, to
+    /// have each tick run at least once rather than at most once.
+    pub fn retry_abandoned(mut self, retry: bool) -> Self {
+        self.retry_abandoned = retry;
+        self
+    }
+
     /// The job's key.
     pub fn key(&self) -> &str {
         &self.key
@@ -233,7 +247,7 @@ impl Job {
         let owner = unique_owner();
         let claim = format!("{:016x}", rand::random::<u64>());
         let mut req = Request::new(self.key.clone(), owner.clone(), claim.clone(), lease, None)?;
-        req.tick = Some((candidates, tolerance));
+        req.tick = Some((candidates, tolerance, self.retry_abandoned));
         let renew_every = self.expires.is_none().then_some(lease / 3);
         match lock.attempt_until(&req).await? {
             Attempt::Acquired { info, anchor, .. } => {

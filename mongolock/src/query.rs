@@ -159,6 +159,10 @@ pub struct TickClaim<'a> {
     pub candidates: &'a [i64],
     /// How far from the server's clock the tick may be.
     pub tolerance_millis: i64,
+    /// Whether the last claimed tick may be claimed again when its run
+    /// ended without a release (its runner died, or lost the lock): the
+    /// lock is free by the server's clock and still names an owner.
+    pub retry_abandoned: bool,
 }
 
 /// The single-round-trip acquisition, used with `findOneAndUpdate`, upsert,
@@ -288,9 +292,17 @@ fn tick_claim(
         TICK_BY: { "$literal": claim },
     };
     taken.extend(claimed.clone());
+    let last = doc! { "$ifNull": [field(LAST_TICK), i64::MIN] };
+    let later = doc! { "$gt": ["$$tick", &last] };
+    let unfinished_again = doc! { "$and": [
+        tick.retry_abandoned,
+        "$$free",
+        { "$eq": ["$$tick", &last] },
+        { "$ne": [{ "$ifNull": [field(OWNER), null_bson()] }, null_bson()] },
+    ] };
     let due = doc! { "$and": [
         { "$lte": [distance("$$tick"), tick.tolerance_millis] },
-        { "$gt": ["$$tick", { "$ifNull": [field(LAST_TICK), i64::MIN] }] },
+        { "$or": [later, unfinished_again] },
     ] };
     vec![doc! { "$replaceWith": { "$let": {
         "vars": {
@@ -303,6 +315,10 @@ fn tick_claim(
             "$$ROOT",
         ] },
     } } }]
+}
+
+fn null_bson() -> Bson {
+    Bson::Null
 }
 
 /// A new acquisition's fencing token (see [`TOKENS_PER_MILLI`]).
