@@ -131,7 +131,7 @@ async fn missed_ticks_are_counted_and_a_vanished_runner_is_recorded_abandoned() 
     std::mem::forget(first);
     // Nobody claims for a while; then a claim comes.
     tokio::time::sleep(Duration::from_millis(3200)).await;
-    let next = loop {
+    let mut next = loop {
         match job.claim().await.unwrap() {
             Claim::Run(run) => break run,
             Claim::Taken { tick } if tick == first_tick => panic!("the vanished run's tick again"),
@@ -141,6 +141,7 @@ async fn missed_ticks_are_counted_and_a_vanished_runner_is_recorded_abandoned() 
     let gap_ticks = (next.tick().timestamp_millis() - first_tick.timestamp_millis()) / 1000;
     assert!(gap_ticks >= 3, "{gap_ticks}");
     assert_eq!(next.missed_before(), u64::try_from(gap_ticks - 1).unwrap());
+    next.recorded().await;
     let status = job.status(10).await.unwrap();
     let first_record = status.runs.iter().find(|r| r.tick == first_tick).unwrap();
     assert_eq!(first_record.outcome, RunOutcome::Abandoned);

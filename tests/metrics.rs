@@ -22,11 +22,20 @@ impl Totals {
     fn get(&mut self, name: &str) -> u64 {
         for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
             let key = key.key();
-            let labels: Vec<_> = key.labels().map(|l| (l.key(), l.value())).collect();
+            let labels: Vec<_> = key
+                .labels()
+                .map(|l| (l.key(), l.value()))
+                .filter(|(k, _)| *k != "outcome" || key.name() == "mongolock_runs_total")
+                .collect();
             assert_eq!(
-                labels,
-                [("prefix", "job")],
-                "{}: labelled by prefix only",
+                labels.first(),
+                Some(&("prefix", "job")),
+                "{}: labelled by prefix, never by the whole key",
+                key.name()
+            );
+            assert!(
+                labels.len() == 1 || key.name() == "mongolock_runs_total",
+                "{}: {labels:?}",
                 key.name()
             );
             let n = match value {
@@ -97,4 +106,16 @@ async fn every_series_counts_what_happened() {
     .await;
     assert!(failing.release().await.is_err());
     assert_eq!(totals.get("mongolock_release_failures_total"), 1);
+
+    // A scheduled job: a run, then one after ticks nobody claimed.
+    let job = lock.job("job:4", mongolock::Schedule::parse("500ms").unwrap());
+    let ran = job.run(|_| async { Ok::<_, Error>(()) }).await.unwrap();
+    assert!(ran.is_some());
+    // Ticks pass with nobody claiming them.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let ran = job.run(|_| async { Ok::<_, Error>(()) }).await.unwrap();
+    assert!(ran.is_some());
+    assert_eq!(totals.get("mongolock_runs_total"), 2);
+    assert_eq!(totals.get("mongolock_run_seconds"), 2);
+    assert!(totals.get("mongolock_missed_ticks_total") >= 2);
 }

@@ -86,6 +86,8 @@ pub struct TickRun {
     guard: LockGuard,
     tick: DateTime,
     missed_before: u64,
+    /// The claim's record, written in the background.
+    recorded: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TickRun {
@@ -102,6 +104,15 @@ impl TickRun {
     /// The run's lock: its fencing token, its lost signal.
     pub fn guard(&self) -> &LockGuard {
         &self.guard
+    }
+
+    /// Waits until the claim's run record is written: it is written in the
+    /// background, off the claim's path (the claim is one round trip).
+    pub async fn recorded(&mut self) {
+        if let Some(recorded) = self.recorded.take() {
+            // A failed write was logged by the task.
+            let _ = recorded.await;
+        }
     }
 
     /// The tick, its token and the missed ticks before it.
@@ -265,6 +276,7 @@ impl Job {
                     crate::metrics::missed_ticks(&self.key, missed_before);
                 }
                 let token = info.token;
+                let info_prev_tick = info.prev_tick;
                 let guard = LockGuard::new(
                     lock.clone(),
                     info,
@@ -278,18 +290,20 @@ impl Job {
                     },
                 );
                 let claimed = Claimed {
-                    job: &self.key,
-                    schedule: &self.schedule.to_string(),
+                    job: self.key.clone(),
+                    schedule: self.schedule.to_string(),
                     tick: tick.timestamp_millis(),
-                    owner: &owner,
+                    owner,
                     token,
                     missed_before,
+                    prev_tick: info_prev_tick,
                 };
-                lock.record_claim(&claimed, RunOutcome::Running).await?;
+                let recorded = lock.spawn_record_claim(claimed, RunOutcome::Running);
                 Ok(Claim::Run(Box::new(TickRun {
                     guard,
                     tick,
                     missed_before,
+                    recorded: Some(recorded),
                 })))
             }
             Attempt::Busy(info, _) => match info.tick {
@@ -297,15 +311,19 @@ impl Job {
                     tracing::info!(key = %self.key, %tick, "mongolock: the previous run still holds the job; tick skipped");
                     crate::metrics::run_finished(&self.key, &RunOutcome::SkippedStillRunning, None);
                     let claimed = Claimed {
-                        job: &self.key,
-                        schedule: &self.schedule.to_string(),
+                        job: self.key.clone(),
+                        schedule: self.schedule.to_string(),
                         tick: tick.timestamp_millis(),
-                        owner: &owner,
+                        owner,
                         token: 0,
                         missed_before: 0,
+                        prev_tick: None,
                     };
-                    lock.record_claim(&claimed, RunOutcome::SkippedStillRunning)
-                        .await?;
+                    // Not on a run's path: the caller learns the tick is
+                    // recorded when this returns.
+                    let _ = lock
+                        .spawn_record_claim(claimed, RunOutcome::SkippedStillRunning)
+                        .await;
                     Ok(Claim::StillRunning { tick })
                 }
                 Some(tick) if self.is_current(tick.timestamp_millis(), estimate, tolerance) => {
@@ -329,8 +347,8 @@ impl Job {
         Ok(configured.min(half_gap).max(1))
     }
 
-    /// Claims the tick and, if this process got it, runs `job` under the
-    /// lock and records how it went; `None` when the tick is not this
+    /// Claims the tick and, if this process got it, records the claim,
+    /// runs `job` under the lock and records how it went; `None` when the tick is not this
     /// process's to run (another claimed it, the previous run still holds
     /// the lock, or no tick is due).
     ///
@@ -344,9 +362,11 @@ impl Job {
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Debug,
     {
-        let Claim::Run(run) = self.claim().await? else {
+        let Claim::Run(mut run) = self.claim().await? else {
             return Ok(None);
         };
+        // The record first: a runner that dies in the job leaves one.
+        run.recorded().await;
         let started = tokio::time::Instant::now();
         let ran = crate::__private::until_lost(&run.guard, job(run.info())).await;
         let outcome = match &ran {
@@ -364,8 +384,10 @@ impl Job {
     /// Records `outcome` for `run` and releases its lock. Failures are
     /// logged: the lease runs out by itself, and a record left running is
     /// marked abandoned by the next claim.
-    pub(crate) async fn finish(&self, run: Box<TickRun>, outcome: &RunOutcome, took: Duration) {
+    pub(crate) async fn finish(&self, mut run: Box<TickRun>, outcome: &RunOutcome, took: Duration) {
         let lock = &self.lock;
+        // The outcome goes on the claim's record: after it.
+        run.recorded().await;
         crate::metrics::run_finished(&self.key, outcome, Some(took));
         let recorded = lock
             .bounded(

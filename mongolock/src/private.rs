@@ -190,11 +190,15 @@ pub async fn claim_tick(
         job = job.expires(expires);
     }
     match job.claim().await? {
-        Claim::Run(run) => Ok(Some(ScheduledRun {
-            job,
-            run,
-            started: tokio::time::Instant::now(),
-        })),
+        Claim::Run(mut run) => {
+            // The record first: a runner that dies in the body leaves one.
+            run.recorded().await;
+            Ok(Some(ScheduledRun {
+                job,
+                run,
+                started: tokio::time::Instant::now(),
+            }))
+        }
         other => {
             tracing::debug!(key = %job.key(), ?other, "mongolock: scheduled call skipped");
             Ok(None)

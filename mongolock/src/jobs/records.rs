@@ -127,13 +127,16 @@ impl RunRecord {
 }
 
 /// What a record is written with when a tick is claimed.
-pub(crate) struct Claimed<'a> {
-    pub(crate) job: &'a str,
-    pub(crate) schedule: &'a str,
+pub(crate) struct Claimed {
+    pub(crate) job: String,
+    pub(crate) schedule: String,
     pub(crate) tick: i64,
-    pub(crate) owner: &'a str,
+    pub(crate) owner: String,
     pub(crate) token: i64,
     pub(crate) missed_before: u64,
+    /// The tick claimed before this one, whose record a runner that died
+    /// at once may never have written.
+    pub(crate) prev_tick: Option<i64>,
 }
 
 fn record_id(job: &str, tick: i64) -> String {
@@ -167,17 +170,13 @@ impl MongoLock {
     /// server's clock. A run (the lock taken, so every earlier run's lease
     /// is over) also marks the job's earlier runs that never recorded an
     /// outcome as abandoned.
-    pub(crate) async fn record_claim(
-        &self,
-        claimed: &Claimed<'_>,
-        outcome: RunOutcome,
-    ) -> Result<()> {
-        let (host, pid) = host_and_pid(claimed.owner);
+    async fn record_claim(&self, claimed: &Claimed, outcome: RunOutcome) -> Result<()> {
+        let (host, pid) = host_and_pid(&claimed.owner);
         let mut set = doc! {
-            JOB: claimed.job,
-            SCHEDULE: claimed.schedule,
+            JOB: &claimed.job,
+            SCHEDULE: &claimed.schedule,
             TICK: DateTime::from_millis(claimed.tick),
-            OWNER: claimed.owner,
+            OWNER: &claimed.owner,
             HOST: host,
             PID: pid,
             TOKEN: claimed.token,
@@ -193,7 +192,7 @@ impl MongoLock {
         }
         self.runs()
             .update_one(
-                doc! { "_id": record_id(claimed.job, claimed.tick) },
+                doc! { "_id": record_id(&claimed.job, claimed.tick) },
                 doc! { "$set": set, "$currentDate": now },
             )
             .upsert(true)
@@ -204,10 +203,31 @@ impl MongoLock {
         if outcome != RunOutcome::Running {
             return Ok(());
         }
+        if let Some(prev) = claimed.prev_tick {
+            // A runner that died before writing its record leaves none:
+            // the tick was claimed, so say it was abandoned.
+            self.runs()
+                .update_one(
+                    doc! { "_id": record_id(&claimed.job, prev) },
+                    doc! { "$setOnInsert": {
+                        JOB: &claimed.job,
+                        SCHEDULE: &claimed.schedule,
+                        TICK: DateTime::from_millis(prev),
+                        OWNER: "",
+                        HOST: "",
+                        PID: -1_i64,
+                        TOKEN: 0_i64,
+                        OUTCOME: RunOutcome::Abandoned.as_str(),
+                        MISSED: 0_i64,
+                    } },
+                )
+                .upsert(true)
+                .await?;
+        }
         self.runs()
             .update_many(
                 doc! {
-                    JOB: claimed.job,
+                    JOB: &claimed.job,
                     OUTCOME: RunOutcome::Running.as_str(),
                     TICK: { "$lt": DateTime::from_millis(claimed.tick) },
                 },
@@ -218,6 +238,29 @@ impl MongoLock {
             )
             .await?;
         Ok(())
+    }
+
+    /// Writes the record of a claimed tick in the background, off the
+    /// claim's path (the claim is one round trip), bounded by the operation
+    /// timeout; a failure is logged. A run's outcome waits for it.
+    pub(crate) fn spawn_record_claim(
+        &self,
+        claimed: Claimed,
+        outcome: RunOutcome,
+    ) -> tokio::task::JoinHandle<()> {
+        let lock = self.clone();
+        tokio::spawn(async move {
+            let recorded = lock
+                .bounded(
+                    &claimed.job,
+                    lock.operation_timeout(),
+                    lock.record_claim(&claimed, outcome),
+                )
+                .await;
+            if let Err(error) = recorded {
+                tracing::warn!(job = %claimed.job, %error, "mongolock: could not record a claimed tick");
+            }
+        })
     }
 
     /// Records how the run of `tick` ended; only the run's own record (its
