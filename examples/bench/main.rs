@@ -145,6 +145,69 @@ async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
     Ok((percentile(&mut ours, 0.5), percentile(&mut raw_times, 0.5)))
 }
 
+/// A scheduled job's tick claim against an uncontended acquire, p50 each,
+/// interleaved on fresh keys, and the commands a claim sends on its path
+/// (its run record is written in the background, counted apart).
+async fn tick_claims(bench: &Bench) -> Result<(Duration, Duration, f64, f64)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const ROUNDS: usize = 200;
+    let commands = Arc::new(AtomicUsize::new(0));
+    let mut options = mongodb::options::ClientOptions::parse(&bench.uri).await?;
+    let counted = commands.clone();
+    options.command_event_handler = Some(mongodb::event::EventHandler::callback(move |event| {
+        if let mongodb::event::command::CommandEvent::Started(started) = event {
+            if started.command_name != "hello" && started.command_name != "isMaster" {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }));
+    let client = Client::with_options(options)?;
+    let lock = MongoLock::with_collection(client.database(&bench.db).collection("ticks"));
+    let schedule = mongolock::Schedule::parse("1h")?;
+    // Warm up: connections, the clock estimate, the TTL indexes.
+    lock.acquire("warm").await?.release().await?;
+    if let mongolock::Claim::Run(mut run) = lock
+        .job("warm", schedule.clone())
+        .tolerance(Duration::from_secs(3600))
+        .claim()
+        .await?
+    {
+        run.recorded().await;
+    }
+    let (mut claims, mut acquires) = (Vec::new(), Vec::new());
+    let (mut on_path, mut recorded) = (0, 0);
+    for i in 0..ROUNDS {
+        let job = lock
+            .job(format!("tick-{i}"), schedule.clone())
+            .tolerance(Duration::from_secs(3600));
+        let before = commands.load(Ordering::Relaxed);
+        let start = Instant::now();
+        let claim = job.claim().await?;
+        claims.push(start.elapsed());
+        on_path += commands.load(Ordering::Relaxed) - before;
+        let mongolock::Claim::Run(mut run) = claim else {
+            return Err("a fresh key's tick was not claimed".into());
+        };
+        let before = commands.load(Ordering::Relaxed);
+        run.recorded().await;
+        recorded += commands.load(Ordering::Relaxed) - before;
+        job.finish(run, mongolock::RunOutcome::Ok).await;
+
+        let start = Instant::now();
+        let guard = lock.acquire(format!("acq-{i}")).await?;
+        acquires.push(start.elapsed());
+        guard.release().await?;
+    }
+    lock.finish_releases(Duration::from_secs(10)).await;
+    Ok((
+        percentile(&mut claims, 0.5),
+        percentile(&mut acquires, 0.5),
+        on_path as f64 / ROUNDS as f64,
+        recorded as f64 / ROUNDS as f64,
+    ))
+}
+
 /// A 10 ms poller's acquire (as `peer::Poller` sends it): one stage, two
 /// fields, taking the key if its lease ended by the server's clock.
 fn poller_acquire(owner: &str, lease: i64) -> Vec<Document> {
@@ -490,6 +553,16 @@ async fn main() -> Result<()> {
         };
         return compare::rows(&env).await;
     }
+    if std::env::args().nth(1).as_deref() == Some("ticks") {
+        let (claim, acquire, on_path, recorded) = tick_claims(&bench).await?;
+        println!(
+            "tick claim {} ({on_path:.1} commands on its path, {recorded:.1} for its record), uncontended acquire {} ({:.2}x)",
+            ms(claim),
+            ms(acquire),
+            claim.as_secs_f64() / acquire.as_secs_f64()
+        );
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("uncontended") {
         let (lib, raw) = uncontended(&bench).await?;
         println!(
@@ -574,6 +647,15 @@ async fn main() -> Result<()> {
         &format!("{sized_manual} bytes (manual acquire/release)"),
         &format!("{:.2}", sized_macro as f64 / sized_manual as f64),
         "<= 1.5",
+    );
+
+    let (claim, acquire, on_path, recorded) = tick_claims(&bench).await?;
+    row(
+        "3. scheduled job: tick claim (claim + lock), p50",
+        &format!("{} ({on_path:.1} commands on its path, {recorded:.1} more in the background for its record)", ms(claim)),
+        &format!("{} (uncontended acquire)", ms(acquire)),
+        &format!("{:.2}", claim.as_secs_f64() / acquire.as_secs_f64()),
+        "one round trip, like an acquire",
     );
 
     let mut late = takeover(&bench).await?;

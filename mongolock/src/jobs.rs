@@ -88,6 +88,8 @@ pub struct TickRun {
     missed_before: u64,
     /// The claim's record, written in the background.
     recorded: Option<tokio::task::JoinHandle<()>>,
+    /// When the claim returned, to time the run.
+    claimed: tokio::time::Instant,
 }
 
 impl TickRun {
@@ -304,6 +306,7 @@ impl Job {
                     tick,
                     missed_before,
                     recorded: Some(recorded),
+                    claimed: tokio::time::Instant::now(),
                 })))
             }
             Attempt::Busy(info, _) => match info.tick {
@@ -367,25 +370,27 @@ impl Job {
         };
         // The record first: a runner that dies in the job leaves one.
         run.recorded().await;
-        let started = tokio::time::Instant::now();
         let ran = crate::__private::until_lost(&run.guard, job(run.info())).await;
         let outcome = match &ran {
             Ok(Ok(_)) => RunOutcome::Ok,
             Ok(Err(e)) => RunOutcome::Error(format!("{e:?}")),
             Err(_) => RunOutcome::Lost,
         };
-        self.finish(run, &outcome, started.elapsed()).await;
+        self.finish(run, outcome).await;
         match ran {
             Ok(result) => Ok(Some(result)),
             Err(lost) => Err(lost),
         }
     }
 
-    /// Records `outcome` for `run` and releases its lock. Failures are
-    /// logged: the lease runs out by itself, and a record left running is
-    /// marked abandoned by the next claim.
-    pub(crate) async fn finish(&self, mut run: Box<TickRun>, outcome: &RunOutcome, took: Duration) {
+    /// Records `outcome` for a run this process [claimed](Self::claim) and
+    /// releases its lock ([`run`](Self::run) does both itself). Failures
+    /// are logged, not returned: the lease runs out by itself, and a
+    /// record left running is marked abandoned by the next claim.
+    pub async fn finish(&self, mut run: Box<TickRun>, outcome: RunOutcome) {
         let lock = &self.lock;
+        let took = run.claimed.elapsed();
+        let outcome = &outcome;
         // The outcome goes on the claim's record: after it.
         run.recorded().await;
         crate::metrics::run_finished(&self.key, outcome, Some(took));

@@ -153,7 +153,6 @@ impl<T, E: std::fmt::Debug> RunResult for Result<T, E> {
 pub struct ScheduledRun {
     job: Job,
     run: Box<TickRun>,
-    started: tokio::time::Instant,
 }
 
 impl ScheduledRun {
@@ -164,16 +163,12 @@ impl ScheduledRun {
 
     /// Records the body's outcome and releases the lock.
     pub async fn finish<R: RunResult>(self, result: &R) {
-        self.job
-            .finish(self.run, &result.outcome(), self.started.elapsed())
-            .await;
+        self.job.finish(self.run, result.outcome()).await;
     }
 
     /// Records a lost lock and releases what is left of it.
     pub async fn finish_lost(self) {
-        self.job
-            .finish(self.run, &RunOutcome::Lost, self.started.elapsed())
-            .await;
+        self.job.finish(self.run, RunOutcome::Lost).await;
     }
 }
 
@@ -193,11 +188,7 @@ pub async fn claim_tick(
         Claim::Run(mut run) => {
             // The record first: a runner that dies in the body leaves one.
             run.recorded().await;
-            Ok(Some(ScheduledRun {
-                job,
-                run,
-                started: tokio::time::Instant::now(),
-            }))
+            Ok(Some(ScheduledRun { job, run }))
         }
         other => {
             tracing::debug!(key = %job.key(), ?other, "mongolock: scheduled call skipped");
