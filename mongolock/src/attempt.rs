@@ -144,21 +144,32 @@ impl MongoLock {
         let mut retries = 0;
         loop {
             let probe = Probe::start();
-            let result = self
-                .collection()
-                .find_one_and_update(
-                    query::by_key(&req.key),
-                    query::acquire_pipeline(
-                        &req.owner,
-                        &req.claim,
-                        req.lease_millis,
-                        queueing,
-                        tick,
-                    ),
-                )
-                .upsert(true)
-                .return_document(ReturnDocument::After)
-                .await;
+            let result = match self.memory() {
+                Some(memory) => Ok(Some(memory.acquire(
+                    &req.key,
+                    &req.owner,
+                    &req.claim,
+                    req.lease_millis,
+                    queueing,
+                    tick,
+                ))),
+                None => {
+                    self.collection()
+                        .find_one_and_update(
+                            query::by_key(&req.key),
+                            query::acquire_pipeline(
+                                &req.owner,
+                                &req.claim,
+                                req.lease_millis,
+                                queueing,
+                                tick,
+                            ),
+                        )
+                        .upsert(true)
+                        .return_document(ReturnDocument::After)
+                        .await
+                }
+            };
             match result {
                 Ok(Some(doc)) => {
                     // After the first write, which created the collection if

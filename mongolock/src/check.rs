@@ -30,6 +30,8 @@ pub enum Topology {
     },
     /// A `mongos` in front of a sharded cluster.
     Sharded,
+    /// No server: [`MongoLock::in_memory`], for tests.
+    InMemory,
 }
 
 /// Whether waiters can learn of releases from a change stream.
@@ -90,6 +92,9 @@ impl fmt::Display for Deployment {
                 "topology          replica set {name:?}: {members} member(s), {arbiters} arbiter(s)"
             )?,
             Topology::Sharded => writeln!(f, "topology          sharded cluster (mongos)")?,
+            Topology::InMemory => {
+                writeln!(f, "topology          in memory (no server; for tests)")?
+            }
         }
         if let Some(version) = &self.server_version {
             writeln!(f, "server version    {version}")?;
@@ -164,6 +169,19 @@ impl MongoLock {
     /// ```
     pub async fn check(&self) -> Result<Deployment> {
         let collection = self.collection();
+        if self.memory().is_some() {
+            return Ok(Deployment {
+                namespace: "(in memory)".to_owned(),
+                topology: Topology::InMemory,
+                server_version: None,
+                change_streams: ChangeStreams::Disabled,
+                clock_offset_millis: 0,
+                round_trip: Duration::ZERO,
+                write_concern: None,
+                write_round_trip: Duration::ZERO,
+                ttl_index: false,
+            });
+        }
         let namespace = collection.namespace().to_string();
         let client = collection.client();
         let probe_key = format!("mongolock.check:{}", crate::owner::unique_owner());

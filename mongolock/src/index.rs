@@ -27,7 +27,7 @@ impl MongoLock {
     /// transient failure is tried again with backoff a few times, each try
     /// bounded by the operation timeout; the last failure is logged once.
     pub(crate) fn start_ttl_index(&self) {
-        if self.ttl_index().initialized() || self.ttl_index_starting() {
+        if self.memory().is_some() || self.ttl_index().initialized() || self.ttl_index_starting() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -69,6 +69,9 @@ impl MongoLock {
     /// # Ok(()) }
     /// ```
     pub async fn ensure_ttl_index(&self) -> Result<()> {
+        if self.memory().is_some() {
+            return Ok(());
+        }
         self.ttl_index()
             .get_or_try_init(|| async {
                 let namespace = self.collection().namespace();

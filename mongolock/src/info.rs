@@ -4,7 +4,7 @@ use mongodb::bson::{DateTime, Document};
 
 use crate::error::{Error, Result};
 use crate::query::{
-    ACQUIRED_AT, EXPIRES_AT, LAST_TICK, OWNER, PREV_TICK, PY_CREATED, PY_EXPIRE, PY_LOCKED,
+    ACQUIRED_AT, EXPIRES_AT, LAST_TICK, OWNER, PREV_TICK, PY_CREATED, PY_EXPIRE, PY_LOCKED, QUEUE,
     TICK_BY, TOKEN,
 };
 
@@ -32,6 +32,9 @@ pub struct LockInfo {
     /// The last tick a [scheduled job](crate::Job) claimed on this key, by
     /// the server's choice; `None` for a plain lock.
     pub tick: Option<DateTime>,
+    /// Fair waiters queued on the key (entries whose waiter stopped
+    /// asking count until they lapse, within the queue expiry).
+    pub waiters: usize,
     /// The tick claimed before it.
     pub(crate) prev_tick: Option<i64>,
     /// The claim of the attempt that claimed `tick`.
@@ -77,6 +80,7 @@ impl LockInfo {
             expires_at,
             token,
             tick: doc.get_i64(LAST_TICK).ok().map(DateTime::from_millis),
+            waiters: doc.get_array(QUEUE).map_or(0, Vec::len),
             prev_tick: doc.get_i64(PREV_TICK).ok(),
             tick_by: doc.get_str(TICK_BY).ok().map(str::to_owned),
         })

@@ -250,9 +250,7 @@ impl Job {
 
     async fn claim_once(&self) -> Result<Claim> {
         let lock = &self.lock;
-        lock.server_clock()
-            .refresh(lock.collection().client())
-            .await;
+        lock.refresh_clock().await;
         let estimate = lock.server_clock().server_now_millis();
         let candidates = self.schedule.candidates(estimate);
         let tolerance = self.tolerance_millis(&candidates)?;
@@ -426,9 +424,7 @@ impl Job {
     {
         loop {
             let lock = &self.lock;
-            lock.server_clock()
-                .refresh(lock.collection().client())
-                .await;
+            lock.refresh_clock().await;
             let now = lock.server_clock().server_now_millis();
             let wake = self
                 .schedule
@@ -467,9 +463,7 @@ impl Job {
                 record.outcome = RunOutcome::Abandoned;
             }
         }
-        lock.server_clock()
-            .refresh(lock.collection().client())
-            .await;
+        lock.refresh_clock().await;
         let now = lock.server_clock().server_now_millis();
         // A tick may be claimed a little early: the next is after both.
         let last_claimed = records.first().map_or(now, |r| r.tick.timestamp_millis());

@@ -57,6 +57,7 @@ mod index;
 mod info;
 mod jobs;
 mod lease;
+mod memory;
 mod metrics;
 mod mongo_lock;
 mod owner;

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::heartbeats::Heartbeats;
 use crate::info::LockInfo;
 use crate::lease::Anchor;
+use crate::memory::Memory;
 use crate::pending::PendingReleases;
 use crate::query::{self, HandOver};
 use crate::settings::{
@@ -63,6 +64,9 @@ struct Inner {
     releases: Arc<PendingReleases>,
     /// The driver's heartbeat failures, on clients this crate built.
     heartbeats: Option<Arc<Heartbeats>>,
+    /// The in-process store of [`MongoLock::in_memory`], instead of the
+    /// collection.
+    memory: Option<Arc<Memory>>,
 }
 
 impl std::fmt::Debug for MongoLock {
@@ -163,6 +167,62 @@ impl MongoLock {
         Ok(lock)
     }
 
+    /// Locks kept in this process, without MongoDB: for the unit tests of
+    /// code that takes locks (`#[mongo_locked]` functions, scheduled jobs),
+    /// as ShedLock's in-memory provider is for Java. Clones share the
+    /// store; each call makes a new, empty one.
+    ///
+    /// It keeps the semantics a test can observe: one holder per key,
+    /// leases and their expiry, re-entry by owner, fencing tokens,
+    /// `on_busy = skip` and timeouts, FIFO waiters, the lost signal (a
+    /// lease that runs out, a [`force_release`](Self::force_release)),
+    /// tick claims and run records. This machine's clock stands in for the
+    /// server's. Waiters are woken by releases in the process and poll
+    /// every 1 to 20 ms otherwise; there is no change stream, no direct
+    /// handoff (the head takes the lock at its next attempt), no TTL
+    /// cleanup. Call it inside a tokio runtime (the unused driver handle
+    /// behind [`collection`](Self::collection) needs one).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> mongolock::Result<()> {
+    /// let lock = mongolock::MongoLock::in_memory()?;
+    /// let guard = lock.acquire("job").await?;
+    /// assert!(lock.acquire("job").await.is_err());
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn in_memory() -> Result<Self> {
+        // Never contacted: no operation of an in-memory lock reaches it.
+        let options = ClientOptions::builder()
+            .hosts(vec![mongodb::options::ServerAddress::Tcp {
+                host: "mongolock-in-memory.invalid".to_owned(),
+                port: Some(1),
+            }])
+            .build();
+        let client = Client::with_options(options)?;
+        let settings = Settings {
+            change_streams: false,
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(20))?,
+            ..Settings::default()
+        };
+        let mut lock = Self::from_parts(
+            client
+                .database(DEFAULT_DATABASE)
+                .collection(DEFAULT_COLLECTION),
+            settings,
+        );
+        if let Some(inner) = Arc::get_mut(&mut lock.inner) {
+            inner.memory = Some(Arc::new(Memory::default()));
+        }
+        Ok(lock)
+    }
+
+    /// The in-process store, for an [`in_memory`](Self::in_memory) lock.
+    pub(crate) fn memory(&self) -> Option<&Memory> {
+        self.inner.memory.as_deref()
+    }
+
     /// Locks in a collection you configured: names, write concern, read
     /// preference. Use majority write concern on replica sets; with a weaker
     /// one a failover can forget an acquisition.
@@ -175,6 +235,7 @@ impl MongoLock {
         let mut lock = Self::from_parts(self.inner.collection.clone(), settings);
         if let Some(inner) = Arc::get_mut(&mut lock.inner) {
             inner.heartbeats.clone_from(&self.inner.heartbeats);
+            inner.memory.clone_from(&self.inner.memory);
         }
         lock
     }
@@ -377,6 +438,7 @@ impl MongoLock {
                 contention: Contention::new(settings.queue_expiry),
                 releases: Arc::default(),
                 heartbeats: None,
+                memory: None,
             }),
         }
     }
@@ -387,6 +449,20 @@ impl MongoLock {
 
     pub(crate) fn server_clock(&self) -> &ServerClock {
         &self.inner.clock
+    }
+
+    /// Makes sure the estimate of the server's clock is fresh (see
+    /// [`ServerClock::refresh`]); an in-memory lock's server clock is this
+    /// machine's.
+    pub(crate) async fn refresh_clock(&self) {
+        if self.memory().is_some() {
+            let probe = crate::clock::Probe::start();
+            self.server_clock().observe(&probe, DateTime::now());
+            return;
+        }
+        self.server_clock()
+            .refresh(self.collection().client())
+            .await;
     }
 
     pub(crate) fn contention(&self) -> &Contention {
@@ -435,6 +511,13 @@ impl MongoLock {
     /// The lock document for `key`, if there is one, as the server wrote it.
     pub async fn get_lock_info(&self, key: &str) -> Result<Option<LockInfo>> {
         validate::key(key)?;
+        if let Some(memory) = self.memory() {
+            return memory
+                .find(key)
+                .as_ref()
+                .map(LockInfo::from_document)
+                .transpose();
+        }
         let found = self
             .bounded(key, self.operation_timeout(), async {
                 Ok(self.collection().find_one(query::by_key(key)).await?)
@@ -446,6 +529,9 @@ impl MongoLock {
     /// Whether a lease on `key` is running, judged by the server's clock.
     pub async fn is_locked(&self, key: &str) -> Result<bool> {
         validate::key(key)?;
+        if let Some(memory) = self.memory() {
+            return Ok(memory.is_held(key));
+        }
         let mut filter = query::by_key(key);
         filter.insert("$expr", query::held_expr());
         let count = self
@@ -460,6 +546,9 @@ impl MongoLock {
     /// since, expires and fencing token of each. For dashboards and admin
     /// tools; it reads the whole collection's held locks.
     pub async fn list(&self) -> Result<Vec<LockInfo>> {
+        if let Some(memory) = self.memory() {
+            return memory.held().iter().map(LockInfo::from_document).collect();
+        }
         let read = async {
             let mut cursor = self
                 .collection()

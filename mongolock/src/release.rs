@@ -54,6 +54,13 @@ impl MongoLock {
         hand_over: HandOver,
     ) -> Result<bool> {
         let local = self.wakeups().releasing_here(key, min_hold_millis <= 0);
+        if let Some(memory) = self.memory() {
+            let Some(released) = memory.release(key, &filter, min_hold_millis, local.id())? else {
+                return Ok(false);
+            };
+            local.released_here(&released);
+            return Ok(true);
+        }
         let write = |filter: Document, hand_over: bool| {
             self.collection()
                 .find_one_and_update(
@@ -170,13 +177,23 @@ impl MongoLock {
         let lock = self.clone();
         self.in_background(async move {
             let id = format!("{:016x}", rand::random::<u64>());
-            let leave = lock.collection().update_one(
-                query::queued_as(&key, &claim),
-                query::leave_queue(&claim, &id),
-            );
-            let left = lock
-                .bounded(&key, lock.operation_timeout(), async { Ok(leave.await?) })
-                .await;
+            let left = match lock.memory() {
+                Some(memory) => {
+                    memory.leave_queue(&key, &claim);
+                    Ok(())
+                }
+                None => {
+                    let leave = lock.collection().update_one(
+                        query::queued_as(&key, &claim),
+                        query::leave_queue(&claim, &id),
+                    );
+                    lock.bounded(&key, lock.operation_timeout(), async {
+                        leave.await?;
+                        Ok(())
+                    })
+                    .await
+                }
+            };
             let released = match left {
                 Ok(_) => {
                     let filter = query::by_claim(&key, &owner, &claim);

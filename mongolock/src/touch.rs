@@ -27,16 +27,18 @@ impl MongoLock {
         token: Option<i64>,
         lease_millis: i64,
     ) -> Result<Option<LockInfo>> {
-        let touch = self
-            .collection()
-            .find_one_and_update(
-                query::by_holder(key, owner, token),
-                query::touch_pipeline(lease_millis),
-            )
-            .return_document(mongodb::options::ReturnDocument::After);
-        let updated = self
-            .bounded(key, self.operation_timeout(), async { Ok(touch.await?) })
-            .await?;
+        let filter = query::by_holder(key, owner, token);
+        let updated = match self.memory() {
+            Some(memory) => memory.touch(key, &filter, lease_millis)?,
+            None => {
+                let touch = self
+                    .collection()
+                    .find_one_and_update(filter, query::touch_pipeline(lease_millis))
+                    .return_document(mongodb::options::ReturnDocument::After);
+                self.bounded(key, self.operation_timeout(), async { Ok(touch.await?) })
+                    .await?
+            }
+        };
         let info = updated.as_ref().map(LockInfo::from_document).transpose()?;
         tracing::debug!(key, owner, touched = info.is_some(), "mongolock touch");
         Ok(info)

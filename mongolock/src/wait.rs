@@ -221,11 +221,7 @@ impl MongoLock {
         deadline: Instant,
     ) -> Instant {
         // Asking the server's time must not outlive the wait.
-        let _ = tokio::time::timeout_at(
-            deadline,
-            self.server_clock().refresh(self.collection().client()),
-        )
-        .await;
+        let _ = tokio::time::timeout_at(deadline, self.refresh_clock()).await;
         let expiry = self.server_clock().local_instant(holder.expires_at);
         if let Some(expiry) = expiry {
             if expiry <= now {

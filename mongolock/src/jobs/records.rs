@@ -183,16 +183,59 @@ impl MongoLock {
             OUTCOME: outcome.as_str(),
             MISSED: i64::try_from(claimed.missed_before).unwrap_or(i64::MAX),
         };
-        let mut now = doc! { STARTED: true };
-        if outcome != RunOutcome::Running {
-            now.insert(FINISHED, true);
-        }
+        let running = outcome == RunOutcome::Running;
         if let RunOutcome::Error(message) = &outcome {
             set.insert(ERROR, message.as_str());
         }
+        let stamps: &[&str] = if running {
+            &[STARTED]
+        } else {
+            &[STARTED, FINISHED]
+        };
+        let id = record_id(&claimed.job, claimed.tick);
+        // A runner that died before writing its record leaves none: the
+        // tick before was claimed, so say it was abandoned.
+        let placeholder = claimed.prev_tick.filter(|_| running).map(|prev| {
+            let placeholder = doc! {
+                JOB: &claimed.job,
+                SCHEDULE: &claimed.schedule,
+                TICK: DateTime::from_millis(prev),
+                OWNER: "",
+                HOST: "",
+                PID: -1_i64,
+                TOKEN: 0_i64,
+                OUTCOME: RunOutcome::Abandoned.as_str(),
+                MISSED: 0_i64,
+            };
+            (record_id(&claimed.job, prev), placeholder)
+        });
+        let abandoned = doc! { OUTCOME: RunOutcome::Abandoned.as_str() };
+        if let Some(memory) = self.memory() {
+            memory.upsert_run(&id, set, stamps, false);
+            if running {
+                if let Some((prev_id, placeholder)) = placeholder {
+                    memory.upsert_run(&prev_id, placeholder, &[], true);
+                }
+                let before = DateTime::from_millis(claimed.tick);
+                memory.update_runs(
+                    |r| {
+                        r.get_str(JOB) == Ok(claimed.job.as_str())
+                            && r.get_str(OUTCOME) == Ok(RunOutcome::Running.as_str())
+                            && r.get_datetime(TICK).is_ok_and(|t| *t < before)
+                    },
+                    &abandoned,
+                    &[FINISHED],
+                );
+            }
+            return Ok(());
+        }
+        let now: Document = stamps
+            .iter()
+            .map(|f| ((*f).to_owned(), true.into()))
+            .collect();
         self.runs()
             .update_one(
-                doc! { "_id": record_id(&claimed.job, claimed.tick) },
+                doc! { "_id": id },
                 doc! { "$set": set, "$currentDate": now },
             )
             .upsert(true)
@@ -200,26 +243,14 @@ impl MongoLock {
         // After the first write, which created the collection if it was
         // new: an index build racing its creation can stall the write.
         self.start_runs_ttl_index();
-        if outcome != RunOutcome::Running {
+        if !running {
             return Ok(());
         }
-        if let Some(prev) = claimed.prev_tick {
-            // A runner that died before writing its record leaves none:
-            // the tick was claimed, so say it was abandoned.
+        if let Some((prev_id, placeholder)) = placeholder {
             self.runs()
                 .update_one(
-                    doc! { "_id": record_id(&claimed.job, prev) },
-                    doc! { "$setOnInsert": {
-                        JOB: &claimed.job,
-                        SCHEDULE: &claimed.schedule,
-                        TICK: DateTime::from_millis(prev),
-                        OWNER: "",
-                        HOST: "",
-                        PID: -1_i64,
-                        TOKEN: 0_i64,
-                        OUTCOME: RunOutcome::Abandoned.as_str(),
-                        MISSED: 0_i64,
-                    } },
+                    doc! { "_id": prev_id },
+                    doc! { "$setOnInsert": placeholder },
                 )
                 .upsert(true)
                 .await?;
@@ -232,7 +263,7 @@ impl MongoLock {
                     TICK: { "$lt": DateTime::from_millis(claimed.tick) },
                 },
                 doc! {
-                    "$set": { OUTCOME: RunOutcome::Abandoned.as_str() },
+                    "$set": abandoned,
                     "$currentDate": { FINISHED: true },
                 },
             )
@@ -276,9 +307,18 @@ impl MongoLock {
         if let RunOutcome::Error(message) = outcome {
             set.insert(ERROR, message.as_str());
         }
+        let id = record_id(job, tick);
+        if let Some(memory) = self.memory() {
+            memory.update_runs(
+                |r| r.get_str("_id") == Ok(id.as_str()) && r.get_i64(TOKEN) == Ok(token),
+                &set,
+                &[FINISHED],
+            );
+            return Ok(());
+        }
         self.runs()
             .update_one(
-                doc! { "_id": record_id(job, tick), TOKEN: token },
+                doc! { "_id": id, TOKEN: token },
                 doc! { "$set": set, "$currentDate": { FINISHED: true } },
             )
             .await?;
@@ -287,6 +327,16 @@ impl MongoLock {
 
     /// The job's newest `limit` records, newest first.
     pub(crate) async fn run_records(&self, job: &str, limit: i64) -> Result<Vec<RunRecord>> {
+        if let Some(memory) = self.memory() {
+            let mut records: Vec<RunRecord> = memory
+                .runs_where(|r| r.get_str(JOB) == Ok(job))
+                .iter()
+                .map(RunRecord::from_document)
+                .collect();
+            records.sort_by_key(|r| std::cmp::Reverse(r.tick));
+            records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            return Ok(records);
+        }
         let cursor = self
             .runs()
             .find(doc! { JOB: job })
@@ -299,6 +349,16 @@ impl MongoLock {
 
     /// The names of the jobs with records.
     pub(crate) async fn recorded_jobs(&self) -> Result<Vec<String>> {
+        if let Some(memory) = self.memory() {
+            let mut names: Vec<String> = memory
+                .runs_where(|_| true)
+                .iter()
+                .filter_map(|r| r.get_str(JOB).ok().map(str::to_owned))
+                .collect();
+            names.sort();
+            names.dedup();
+            return Ok(names);
+        }
         let names = self.runs().distinct(JOB, doc! {}).await?;
         Ok(names
             .into_iter()
