@@ -4,6 +4,7 @@
 //! Set `MONGODB_URI` to use another server instead; nothing is started then.
 //! Not published: library users never see this crate.
 
+pub mod beliefs;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};

@@ -364,8 +364,21 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             ),
         ),
         (
-            "release that hands the lock to a waiter elsewhere",
+            "release that hands the lock to a waiter elsewhere, the new head elsewhere",
             false,
+            with_queue(
+                updated(
+                    doc! { "owner": "b", "claim": "c1", "token": 7_i64, "release_id": "r1@elsewhere" },
+                    vec![],
+                ),
+                "elsewhere",
+            ),
+        ),
+        // The new head here must now wait for the new holder's lease (if
+        // that holder dies, the head takes over when it ends).
+        (
+            "release that hands the lock to a waiter elsewhere, the new head here",
+            true,
             with_queue(
                 updated(
                     doc! { "owner": "b", "claim": "c1", "token": 7_i64, "release_id": "r1@elsewhere" },
@@ -382,8 +395,8 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             } },
         ),
         (
-            "release that hands the lock to a waiter elsewhere, 4.4",
-            false,
+            "release that hands the lock to a waiter elsewhere, 4.4, the new head here",
+            true,
             doc! { "operationType": "replace", "fullDocument": {
                 "locked": true, "owner": "b", "claim": "c1", "release_id": "r1@elsewhere",
                 "queue": [{ "w": "c2", "p": "here" }],

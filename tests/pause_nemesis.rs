@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mongodb::Client;
 use mongolock::MongoLock;
+use mongolock_suite::beliefs::{violations, History};
 use mongolock_suite::{signal, workspace_root, LocalServer};
 use rand::Rng;
 use tokio::io::AsyncBufReadExt;
@@ -104,75 +105,6 @@ async fn child() {
     rust_worker(&uri, &role, stop_at.parse().unwrap()).await;
 }
 
-/// One belief: held from `start` to `end` (microseconds, the machine's
-/// clock) with `token`, by worker `worker`.
-#[derive(Debug, Clone)]
-struct Belief {
-    worker: String,
-    token: i64,
-    start: i64,
-    end: i64,
-}
-
-/// What the workers printed, and when the nemesis froze or killed them.
-#[derive(Default)]
-struct History {
-    beliefs: Vec<Belief>,
-    /// A belief whose end was not printed yet, per worker instance: its
-    /// token, start and latest instant.
-    open: HashMap<String, (i64, i64, i64)>,
-}
-
-impl History {
-    fn line(&mut self, worker: &str, line: &str) {
-        // The test harness may print "test child ... " before a line.
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let at = fields
-            .iter()
-            .position(|f| *f == "S" || *f == "H" || *f == "B")
-            .unwrap_or(fields.len());
-        let numbers: Vec<i64> = fields[at..]
-            .iter()
-            .skip(1)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        match (fields.get(at), numbers.as_slice()) {
-            (Some(&"S"), [token, start]) => {
-                self.open
-                    .insert(worker.to_owned(), (*token, *start, *start));
-            }
-            (Some(&"H"), [_, at]) => {
-                if let Some((_, _, last)) = self.open.get_mut(worker) {
-                    *last = *at;
-                }
-            }
-            (Some(&"B"), [token, start, end]) => {
-                self.open.remove(worker);
-                self.beliefs.push(Belief {
-                    worker: worker.to_owned(),
-                    token: *token,
-                    start: *start,
-                    end: *end,
-                });
-            }
-            _ => {}
-        }
-    }
-
-    /// A worker was killed: a belief it had begun ended at the last
-    /// instant it logged.
-    fn killed(&mut self, worker: &str) {
-        if let Some((token, start, last)) = self.open.remove(worker) {
-            self.beliefs.push(Belief {
-                worker: worker.to_owned(),
-                token,
-                start,
-                end: last,
-            });
-        }
-    }
-}
-
 struct Worker {
     name: String,
     kind: &'static str,
@@ -224,61 +156,6 @@ fn spawn(
         child,
         pid,
     }
-}
-
-/// The beliefs, checked: no two overlap, and Rust tokens grow in the order
-/// of acquisition. Returns a description of each violation.
-fn violations(beliefs: &mut [Belief]) -> Vec<String> {
-    beliefs.sort_by_key(|b| b.start);
-    let mut found = Vec::new();
-    let mut latest: Option<&Belief> = None;
-    let mut last_token: Option<&Belief> = None;
-    for belief in beliefs.iter() {
-        if let Some(before) = latest {
-            if belief.start <= before.end {
-                found.push(format!("overlap: {before:?} and {belief:?}"));
-            }
-        }
-        if latest.is_none_or(|l| belief.end > l.end) {
-            latest = Some(belief);
-        }
-        if belief.token != 0 {
-            if let Some(before) = last_token {
-                if belief.token <= before.token {
-                    found.push(format!("token inversion: {before:?} then {belief:?}"));
-                }
-            }
-            last_token = Some(belief);
-        }
-    }
-    found
-}
-
-#[test]
-fn belief_histories_are_checked_for_overlaps_and_inversions() {
-    let belief = |worker: &str, token, start, end| Belief {
-        worker: worker.to_owned(),
-        token,
-        start,
-        end,
-    };
-    let mut clean = vec![
-        belief("a", 1, 0, 10),
-        belief("py", 0, 11, 20),
-        belief("b", 2, 21, 30),
-    ];
-    assert!(violations(&mut clean).is_empty());
-    let mut overlapping = vec![belief("a", 1, 0, 10), belief("b", 2, 10, 12)];
-    assert_eq!(violations(&mut overlapping).len(), 1);
-    // A long belief overlaps one that starts after a short one in between.
-    let mut nested = vec![
-        belief("a", 1, 0, 100),
-        belief("b", 2, 5, 6),
-        belief("c", 3, 50, 60),
-    ];
-    assert_eq!(violations(&mut nested).len(), 2);
-    let mut inverted = vec![belief("a", 5, 0, 10), belief("b", 4, 11, 12)];
-    assert_eq!(violations(&mut inverted).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

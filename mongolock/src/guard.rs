@@ -135,6 +135,11 @@ impl LockGuard {
         }
     }
 
+    /// The `MongoLock` the guard came from.
+    pub(crate) fn lock(&self) -> &MongoLock {
+        &self.lock
+    }
+
     /// The lock key.
     pub fn key(&self) -> &str {
         &self.info.key

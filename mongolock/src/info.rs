@@ -5,7 +5,7 @@ use mongodb::bson::{DateTime, Document};
 use crate::error::{Error, Result};
 use crate::query::{
     ACQUIRED_AT, EXPIRES_AT, LAST_TICK, OWNER, PREV_TICK, PY_CREATED, PY_EXPIRE, PY_LOCKED, QUEUE,
-    TICK_BY, TOKEN,
+    TICK_BY, TOKEN, VALUE, VALUE_TEXT, VALUE_TOKEN,
 };
 
 /// A lock document as the server wrote it.
@@ -32,6 +32,8 @@ pub struct LockInfo {
     /// The last tick a [scheduled job](crate::Job) claimed on this key, by
     /// the server's choice; `None` for a plain lock.
     pub tick: Option<DateTime>,
+    /// The value the holder proclaimed, in a [leader election](crate::Election).
+    pub value: Option<String>,
     /// Fair waiters queued on the key (entries whose waiter stopped
     /// asking count until they lapse, within the queue expiry).
     pub waiters: usize,
@@ -80,6 +82,12 @@ impl LockInfo {
             expires_at,
             token,
             tick: doc.get_i64(LAST_TICK).ok().map(DateTime::from_millis),
+            value: doc
+                .get_document(VALUE)
+                .ok()
+                .filter(|v| v.get_i64(VALUE_TOKEN) == Ok(token))
+                .and_then(|v| v.get_str(VALUE_TEXT).ok())
+                .map(str::to_owned),
             waiters: doc.get_array(QUEUE).map_or(0, Vec::len),
             prev_tick: doc.get_i64(PREV_TICK).ok(),
             tick_by: doc.get_str(TICK_BY).ok().map(str::to_owned),

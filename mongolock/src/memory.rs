@@ -244,6 +244,26 @@ impl Memory {
         Ok(Some(doc.clone()))
     }
 
+    /// Sets `field` on the document `filter` matches; whether one did.
+    pub(crate) fn set_field(
+        &self,
+        key: &str,
+        filter: &Document,
+        field: &str,
+        value: Bson,
+    ) -> Result<bool> {
+        let now = now_millis();
+        let mut locks = self.locks();
+        let Some(doc) = locks.get_mut(key) else {
+            return Ok(false);
+        };
+        if !matches(doc, filter, now)? {
+            return Ok(false);
+        }
+        doc.insert(field, value);
+        Ok(true)
+    }
+
     /// Takes `claim` out of `key`'s queue ([`query::leave_queue`]).
     pub(crate) fn leave_queue(&self, key: &str, claim: &str) {
         if let Some(doc) = self.locks().get_mut(key) {

@@ -12,6 +12,7 @@
 //! | `mongolock_renewals_total` | counter | a background renewal was confirmed |
 //! | `mongolock_lost_total` | counter | a held lock was lost |
 //! | `mongolock_release_failures_total` | counter | a release failed (the lease runs out) |
+//! | `mongolock_leader_changes_total` | counter | a process began a term as leader |
 //! | `mongolock_runs_total` | counter | a scheduled job's claimed tick ended, labelled `outcome` |
 //! | `mongolock_run_seconds` | histogram | how long a scheduled run took |
 //! | `mongolock_missed_ticks_total` | counter | ticks nobody claimed, counted at the next claim |
@@ -54,6 +55,11 @@ counter!(
     /// A held lock was lost.
     lost,
     "mongolock_lost_total"
+);
+counter!(
+    /// A new leader began its term.
+    leader_changed,
+    "mongolock_leader_changes_total"
 );
 counter!(
     /// A release failed.

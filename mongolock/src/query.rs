@@ -56,6 +56,12 @@ pub(crate) const RELEASE_VIEW: [&str; 7] = [
 pub(crate) const LAST_TICK: &str = "tick";
 pub(crate) const PREV_TICK: &str = "prev_tick";
 pub(crate) const TICK_BY: &str = "tick_by";
+/// What a leader proclaimed: `{ t: token, v: text }`, the value of the
+/// term whose token is `t` (a later term's document may still carry an
+/// earlier term's value until its leader proclaims).
+pub(crate) const VALUE: &str = "value";
+pub(crate) const VALUE_TOKEN: &str = "t";
+pub(crate) const VALUE_TEXT: &str = "v";
 /// Queue entry fields.
 pub(crate) const WAITER: &str = "w";
 pub(crate) const PROCESS: &str = "p";

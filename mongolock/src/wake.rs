@@ -314,6 +314,11 @@ impl Wakeups {
             return;
         };
         if process != self.tag {
+            // Handed to another process's waiter: this process's waiter
+            // may be the queue's new head, and wait for that holder now.
+            if let Some(head) = Head::of(doc) {
+                self.wake(key, Some(&head));
+            }
             return;
         }
         // Only the document as that very release left it says who holds the

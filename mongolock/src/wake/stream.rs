@@ -54,6 +54,7 @@ pub(super) struct StreamTask {
 /// has just passed, and finds the lock taken.
 pub fn release_events(tag: &str, wide: bool) -> Vec<Document> {
     let handed_here = doc! { "$regex": format!("{GRANTED_TO}{tag}$") };
+    let handed_anywhere = doc! { "$regex": GRANTED_TO };
     let mut project = doc! {
         "operationType": 1,
         "documentKey": 1,
@@ -84,6 +85,17 @@ pub fn release_events(tag: &str, wide: bool) -> Vec<Document> {
                 { "$or": whose_turn },
             ] },
             { format!("updateDescription.updatedFields.{RELEASE_ID}"): &handed_here },
+            // A hand-over to another process's waiter that leaves one of
+            // this process's at the head: it now waits for the new
+            // holder's lease, not for the queue to move (if that holder
+            // dies, the head takes over when its lease ends).
+            { "$and": [
+                { "$or": [
+                    { format!("updateDescription.updatedFields.{RELEASE_ID}"): &handed_anywhere },
+                    { "operationType": "replace", format!("fullDocument.{RELEASE_ID}"): &handed_anywhere },
+                ] },
+                { format!("fullDocument.{QUEUE}.0.{PROCESS}"): tag },
+            ] },
             { "operationType": "replace", format!("fullDocument.{RELEASE_ID}"): &handed_here },
             // A release by the Python package: it replaces the whole
             // document, our queue included, so whoever asks first may

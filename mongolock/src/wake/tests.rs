@@ -188,14 +188,29 @@ async fn a_release_that_hands_over_gives_the_lock_to_its_waiter_only() {
         Some(&later)
     )));
     assert!(second.take_handed_over().is_none());
-    // Handed over to another process: nobody here is woken.
-    let doc = handed_to("elsewhere", "c1", "r3");
+    // Handed over to another process: nobody here is woken...
+    let mut doc = handed_to("elsewhere", "c1", "r3");
     let id = doc.get_str(RELEASE_ID).unwrap().to_owned();
     assert!(!wakes(&first, || wakeups.event(
         "job",
         Some(&id),
         Some(&doc)
     )));
+    // ... unless a waiter here is the queue's head now: it waits for the
+    // new holder's lease from now on.
+    doc.insert(
+        crate::query::QUEUE,
+        vec![doc! { crate::query::WAITER: "c1", crate::query::PROCESS: &here }],
+    );
+    assert!(wakes(&first, || wakeups.event(
+        "job",
+        Some(&id),
+        Some(&doc)
+    )));
+    assert!(
+        first.take_handed_over().is_none(),
+        "woken, not given the lock"
+    );
     // This process's own release hands over directly from its reply;
     // its event then does nothing more.
     let release = wakeups.releasing_here("job", true);
