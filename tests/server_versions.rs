@@ -34,6 +34,7 @@ const SENT: &[(&str, (u32, u32))] = &[
     ("$or", (1, 6)),
     ("$pull", (1, 0)),
     ("$regex", (1, 0)),
+    ("$setOnInsert", (2, 4)),
     // Update-pipeline stages ($set and $unset also as update operators)
     // and change-stream pipeline stages.
     ("$match", (2, 2)),
