@@ -9,7 +9,18 @@ use crate::duration;
 /// Every argument name, in the order the docs list them.
 pub(crate) const NAMES: &[&str] = &[
     "key", "expires", "timeout", "renew", "min_hold", "on_busy", "fair", "owner", "lock",
-    "schedule", "crate",
+    "schedule", "permits", "crate",
+];
+
+/// Arguments that do not go with `permits`, and why.
+const NOT_WITH_PERMITS: &[(&str, &str)] = &[
+    ("min_hold", "a permit is returned when the body ends"),
+    ("fair", "waiters for a permit always queue in order"),
+    ("owner", "each permit has an owner of its own"),
+    (
+        "schedule",
+        "a scheduled job runs once per tick, not N at a time",
+    ),
 ];
 
 /// Arguments that do not go with `schedule`, and why.
@@ -88,6 +99,8 @@ pub(crate) struct Args {
     pub(crate) lock: Option<Expr>,
     /// `schedule = "0 2 * * *"`: one run per tick across the fleet.
     pub(crate) schedule: Option<Expr>,
+    /// `permits = 3`: a counting semaphore of that many permits.
+    pub(crate) permits: Option<Expr>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -130,6 +143,7 @@ impl Args {
                 "owner" => args.owner.is_some(),
                 "lock" => args.lock.is_some(),
                 "schedule" => args.schedule.is_some(),
+                "permits" => args.permits.is_some(),
                 "crate" => args.krate.is_some(),
                 _ => {
                     errors.push(syn::Error::new_spanned(
@@ -177,6 +191,20 @@ impl Args {
                     args.lock = Some(value);
                     Ok(())
                 }
+                "permits" => match &value {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Int(n), ..
+                    }) if n.base10_parse::<u32>().map_or(true, |n| n == 0) => {
+                        Err(syn::Error::new_spanned(
+                            n,
+                            "`permits` must be a whole number from 1 to mongolock::MAX_PERMITS",
+                        ))
+                    }
+                    _ => {
+                        args.permits = Some(value);
+                        Ok(())
+                    }
+                },
                 "schedule" => match value {
                     Expr::Lit(ExprLit {
                         lit: Lit::Str(lit), ..
@@ -204,7 +232,29 @@ impl Args {
                 errors.push(e);
             }
         }
-        if let Some(schedule) = &args.schedule {
+        if let Some(permits) = &args.permits {
+            let given = |name: &str| match name {
+                "min_hold" => args.min_hold.is_some(),
+                "fair" => args.fair.is_some(),
+                "owner" => args.owner.is_some(),
+                _ => args.schedule.is_some(),
+            };
+            for (name, why) in NOT_WITH_PERMITS {
+                if given(name) {
+                    errors.push(syn::Error::new_spanned(
+                        permits,
+                        format!("`{name}` does not go with `permits`: {why}"),
+                    ));
+                }
+            }
+            if matches!(args.renew, Some(Renew::Every(_))) {
+                errors.push(syn::Error::new_spanned(
+                    permits,
+                    "with `permits`, `renew` is `true` or `false`: permits renew every third of their lease",
+                ));
+            }
+        }
+        if let Some(schedule) = args.schedule.as_ref().filter(|_| args.permits.is_none()) {
             let given = |name: &str| match name {
                 "timeout" => args.timeout.is_some(),
                 "min_hold" => args.min_hold.is_some(),
@@ -392,7 +442,7 @@ mod tests {
         let err = parse(quote!(key = "k", expire = 5)).unwrap_err();
         assert_eq!(
             err,
-            "unknown argument `expire`; expected one of: key, expires, timeout, renew, min_hold, on_busy, fair, owner, lock, schedule, crate"
+            "unknown argument `expire`; expected one of: key, expires, timeout, renew, min_hold, on_busy, fair, owner, lock, schedule, permits, crate"
         );
     }
 

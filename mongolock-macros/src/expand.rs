@@ -312,19 +312,40 @@ fn wrap(args: &Args, key: &TokenStream, func: ItemFn) -> ItemFn {
     let owner = args.owner.as_ref().map(|o| quote!(.owner(#o)));
     let fair = args.fair.as_ref().map(|f| quote!(.fair(#f)));
     let mut acquire = quote!(#lock.acquire(#key) #expires #timeout #min_hold #fair #owner);
-    match &args.renew {
-        // Without a lease of the user's, the default one is kept alive for
-        // as long as the body runs (Redisson's watchdog): a long body is
-        // not cancelled for a lease the user never chose.
-        None if args.expires.is_none() => acquire = quote!(#acquire.renew(true)),
-        None | Some(Renew::Off) => {}
-        Some(Renew::On) => acquire = quote!(#acquire.renew(true)),
-        Some(Renew::Every(m)) => {
-            let millis = m.millis;
-            acquire = quote!(#acquire.renew_every(::core::time::Duration::from_millis(#millis)));
-        }
-        Some(Renew::Expr(expr)) => {
-            acquire = quote!(#krate::__private::RenewOption::apply(#expr, #acquire));
+    if let Some(permits) = &args.permits {
+        let renew = match &args.renew {
+            Some(Renew::On) => quote!(.renew(true)),
+            Some(Renew::Off) => quote!(.renew(false)),
+            Some(Renew::Expr(expr)) => quote!(.renew(#expr)),
+            _ => quote!(),
+        };
+        let timeout = match &args.timeout {
+            Some(d) => {
+                let d = duration("timeout", d);
+                quote!(::core::option::Option::Some(#d))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        acquire = quote!(#krate::__private::permit(
+            #lock.semaphore(#key, #permits) #expires #renew,
+            #timeout
+        ));
+    } else {
+        match &args.renew {
+            // Without a lease of the user's, the default one is kept alive for
+            // as long as the body runs (Redisson's watchdog): a long body is
+            // not cancelled for a lease the user never chose.
+            None if args.expires.is_none() => acquire = quote!(#acquire.renew(true)),
+            None | Some(Renew::Off) => {}
+            Some(Renew::On) => acquire = quote!(#acquire.renew(true)),
+            Some(Renew::Every(m)) => {
+                let millis = m.millis;
+                acquire =
+                    quote!(#acquire.renew_every(::core::time::Duration::from_millis(#millis)));
+            }
+            Some(Renew::Expr(expr)) => {
+                acquire = quote!(#krate::__private::RenewOption::apply(#expr, #acquire));
+            }
         }
     }
     let skip = args.skip_when_busy.unwrap_or(false).then(|| {
@@ -360,7 +381,7 @@ fn wrap(args: &Args, key: &TokenStream, func: ItemFn) -> ItemFn {
             }
         }
     };
-    if let Some(schedule) = &args.schedule {
+    if let Some(schedule) = args.schedule.as_ref().filter(|_| args.permits.is_none()) {
         let expires = match &args.expires {
             Some(d) => {
                 let d = duration("expires", d);

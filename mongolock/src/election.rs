@@ -124,6 +124,7 @@ impl Election {
     pub async fn campaign(&self, value: impl Into<String>) -> Result<Leadership> {
         let value = value.into();
         validate::positive_millis("lease", self.lease)?;
+        let _waiting = crate::metrics::Gauged::waiter(&self.name);
         loop {
             let acquired = self
                 .lock

@@ -104,6 +104,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A semaphore's number of permits is out of range.
+    #[error("invalid number of permits {permits} for semaphore {name:?}: must be 1 to mongolock::MAX_PERMITS (1000)")]
+    InvalidPermits {
+        /// The semaphore.
+        name: String,
+        /// The number given.
+        permits: u32,
+    },
+
     /// A job's schedule could not be parsed.
     #[error("invalid schedule {schedule:?}: {reason}")]
     InvalidSchedule {

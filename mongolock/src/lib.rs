@@ -67,6 +67,7 @@ mod query;
 mod redact;
 mod release;
 mod renewal;
+mod semaphore;
 mod settings;
 mod touch;
 mod validate;
@@ -88,6 +89,7 @@ pub use jobs::{
 pub use mongo_lock::MongoLock;
 pub use owner::unique_owner;
 pub use release::Release;
+pub use semaphore::{Permit, Semaphore, MAX_PERMITS};
 pub use settings::{
     DEFAULT_CLEANUP_AFTER, DEFAULT_COLLECTION, DEFAULT_DATABASE, DEFAULT_EXPIRES,
     DEFAULT_MAX_CLOCK_SKEW, DEFAULT_OPERATION_TIMEOUT, DEFAULT_QUEUE_EXPIRY,

@@ -13,6 +13,8 @@
 //! | `mongolock_lost_total` | counter | a held lock was lost |
 //! | `mongolock_release_failures_total` | counter | a release failed (the lease runs out) |
 //! | `mongolock_leader_changes_total` | counter | a process began a term as leader |
+//! | `mongolock_permits_in_use` | gauge | semaphore permits this process holds |
+//! | `mongolock_waiters` | gauge | this process's semaphore and election waiters |
 //! | `mongolock_runs_total` | counter | a scheduled job's claimed tick ended, labelled `outcome` |
 //! | `mongolock_run_seconds` | histogram | how long a scheduled run took |
 //! | `mongolock_missed_ticks_total` | counter | ticks nobody claimed, counted at the next claim |
@@ -103,5 +105,42 @@ pub(crate) fn run_finished(
             metrics::histogram!("mongolock_run_seconds", "prefix" => prefix(_key))
                 .record(took.as_secs_f64());
         }
+    }
+}
+
+/// A gauge counted up while this value lives: a held permit, a waiter.
+#[derive(Debug)]
+pub(crate) struct Gauged {
+    #[cfg(feature = "metrics")]
+    gauge: metrics::Gauge,
+}
+
+impl Gauged {
+    fn new(_name: &'static str, _key: &str) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            let gauge = metrics::gauge!(_name, "prefix" => prefix(_key));
+            gauge.increment(1.0);
+            Self { gauge }
+        }
+        #[cfg(not(feature = "metrics"))]
+        Self {}
+    }
+
+    /// A semaphore permit held by this process.
+    pub(crate) fn permit(key: &str) -> Self {
+        Self::new("mongolock_permits_in_use", key)
+    }
+
+    /// A semaphore or election waiter of this process.
+    pub(crate) fn waiter(key: &str) -> Self {
+        Self::new("mongolock_waiters", key)
+    }
+}
+
+impl Drop for Gauged {
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        self.gauge.decrement(1.0);
     }
 }

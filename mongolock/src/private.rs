@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::guard::LockGuard;
 use crate::jobs::{Claim, Job, RunOutcome, Schedule, TickRun};
 use crate::mongo_lock::MongoLock;
+use crate::semaphore::Semaphore;
 
 pub use crate::global::global;
 
@@ -85,6 +86,17 @@ impl<T, E> Skipped for Result<Option<T>, E> {
 pub fn skipped<R: Skipped>(key: &str) -> R {
     tracing::debug!(key, "mongolock: busy, call skipped (on_busy = skip)");
     R::skipped()
+}
+
+/// A permit of `semaphore` for `#[mongo_locked(permits = ...)]`, as the
+/// guard the rest of the expansion works with: a single attempt, or
+/// waiting in line for at most `timeout`.
+pub async fn permit(semaphore: Semaphore, timeout: Option<Duration>) -> Result<LockGuard, Error> {
+    let permit = match timeout {
+        Some(timeout) => semaphore.acquire_within(timeout).await?,
+        None => semaphore.acquire().await?,
+    };
+    Ok(permit.into_guard())
 }
 
 /// The value of a `#[mongo_locked(schedule = ...)]` call whose tick is not
