@@ -41,7 +41,11 @@ impl Totals {
             let n = match value {
                 DebugValue::Counter(n) => n,
                 DebugValue::Histogram(samples) => samples.len() as u64,
-                DebugValue::Gauge(_) => 0,
+                // A gauge's value now, not a sum.
+                DebugValue::Gauge(v) => {
+                    self.seen.insert(key.name().to_owned(), v.into_inner() as u64);
+                    continue;
+                }
             };
             *self.seen.entry(key.name().to_owned()).or_default() += n;
         }
@@ -118,4 +122,13 @@ async fn every_series_counts_what_happened() {
     assert_eq!(totals.get("mongolock_runs_total"), 2);
     assert_eq!(totals.get("mongolock_run_seconds"), 2);
     assert!(totals.get("mongolock_missed_ticks_total") >= 2);
+
+    // Leader election and semaphores.
+    let leadership = lock.election("job:5").campaign("here").await.unwrap();
+    assert_eq!(totals.get("mongolock_leader_changes_total"), 1);
+    leadership.resign().await.unwrap();
+    let permit = lock.semaphore("job:6", 2).acquire().await.unwrap();
+    assert_eq!(totals.get("mongolock_permits_in_use"), 1);
+    permit.release().await.unwrap();
+    assert_eq!(totals.get("mongolock_permits_in_use"), 0);
 }
