@@ -43,7 +43,8 @@ impl Totals {
                 DebugValue::Histogram(samples) => samples.len() as u64,
                 // A gauge's value now, not a sum.
                 DebugValue::Gauge(v) => {
-                    self.seen.insert(key.name().to_owned(), v.into_inner() as u64);
+                    self.seen
+                        .insert(key.name().to_owned(), v.into_inner() as u64);
                     continue;
                 }
             };

@@ -6,6 +6,7 @@
 //! a 10 ms poller and the Python package `mongolock` side by side, each in
 //! peer processes of its own (`compare.rs`).
 
+mod beyond;
 mod compare;
 mod peer;
 
@@ -35,6 +36,7 @@ fn bench_uri(uri: &str) -> String {
     format!("{uri}{separator}retryWrites=false")
 }
 
+#[derive(Clone)]
 struct Bench {
     uri: String,
     db: String,
@@ -206,6 +208,42 @@ async fn tick_claims(bench: &Bench) -> Result<(Duration, Duration, f64, f64)> {
         on_path as f64 / ROUNDS as f64,
         recorded as f64 / ROUNDS as f64,
     ))
+}
+
+/// Rows 5: leader failover, and a semaphore's throughput against the
+/// lock's.
+async fn beyond_rows(bench: &Bench) -> Result<()> {
+    let for_failover = bench.clone();
+    let (died, resigned) =
+        tokio::task::spawn_blocking(move || beyond::failover(&for_failover, 3)).await??;
+    row(
+        "5a. leader failover after the leader died, mean of 3",
+        &ms(died),
+        &format!("{} (the term lease)", ms(beyond::TERM_LEASE)),
+        &format!(
+            "{:.2}",
+            died.as_secs_f64() / beyond::TERM_LEASE.as_secs_f64()
+        ),
+        "within the lease plus one event",
+    );
+    row(
+        "5b. leader failover after a resignation, mean of 3",
+        &ms(resigned),
+        "-",
+        "-",
+        "one change event",
+    );
+    let run = Duration::from_secs(3);
+    let lock_rate = beyond::throughput(bench, 0, 8, run).await?;
+    let sem_rate = beyond::throughput(bench, 3, 8, run).await?;
+    row(
+        "5c. 8 tasks holding 20 ms, acquisitions/s: semaphore of 3 permits vs the lock",
+        &format!("{sem_rate:.1}/s"),
+        &format!("{lock_rate:.1}/s (fair lock, 1 holder)"),
+        &format!("{:.2}", sem_rate / lock_rate.max(f64::MIN_POSITIVE)),
+        "-",
+    );
+    Ok(())
 }
 
 /// A 10 ms poller's acquire (as `peer::Poller` sends it): one stage, two
@@ -553,6 +591,10 @@ async fn main() -> Result<()> {
         };
         return compare::rows(&env).await;
     }
+    if std::env::args().nth(1).as_deref() == Some("beyond") {
+        beyond_rows(&bench).await?;
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("ticks") {
         let (claim, acquire, on_path, recorded) = tick_claims(&bench).await?;
         println!(
@@ -657,6 +699,8 @@ async fn main() -> Result<()> {
         &format!("{:.2}", claim.as_secs_f64() / acquire.as_secs_f64()),
         "one round trip, like an acquire",
     );
+
+    beyond_rows(&bench).await?;
 
     let mut late = takeover(&bench).await?;
     let t50 = percentile(&mut late, 0.5);
