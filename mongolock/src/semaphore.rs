@@ -18,6 +18,11 @@ use crate::settings::DEFAULT_EXPIRES;
 /// waiting head watches all of them.
 pub const MAX_PERMITS: u32 = 1_000;
 
+/// The longest lease of the gate, the lock the head of the line holds
+/// while it waits for a permit: a head that died holds the line up no
+/// longer than this.
+const GATE_LEASE: Duration = Duration::from_secs(15);
+
 /// A counting semaphore: at most `permits` holders at once. Made by
 /// [`MongoLock::semaphore`].
 ///
@@ -135,7 +140,7 @@ impl Semaphore {
     }
 
     /// Takes a free permit now, or fails with [`Error::Locked`] (also when
-    /// others wait in line: a single attempt does not jump it).
+    /// others are queued in line: a single attempt does not jump it).
     pub async fn acquire(&self) -> Result<Permit> {
         self.acquire_until(None).await
     }
@@ -152,8 +157,31 @@ impl Semaphore {
         let remaining = |deadline: Option<Instant>| {
             deadline.map(|d| d.saturating_duration_since(Instant::now()))
         };
+        // Nobody in line (no waiter queued at the gate, and no head holding
+        // it for a permit): a free permit is taken directly. A single
+        // attempt never waits for the head's choice, only for the line.
+        let line = self.lock.get_lock_info(&self.name).await?;
+        let queued = line.as_ref().map_or(0, |l| l.waiters);
+        let head = line.is_some_and(|l| l.owner.is_some());
+        if queued == 0 && (!head || deadline.is_none()) {
+            match self.first_free(None).await {
+                Ok((guard, index)) => return Ok(self.permit(guard, index)),
+                Err(Error::Locked { .. }) if deadline.is_some() => {}
+                Err(other) => return Err(other),
+            }
+        } else if deadline.is_none() {
+            return Err(self.busy());
+        }
         // The head of the line holds the gate while it waits for a permit.
-        let mut gate = self.lock.acquire(self.name.as_str()).fair(true).renew(true);
+        // A head that dies holds the line up for the gate's lease: the
+        // permits' own, at most GATE_LEASE.
+        let gate_lease = self.lease.unwrap_or(DEFAULT_EXPIRES).min(GATE_LEASE);
+        let mut gate = self
+            .lock
+            .acquire(self.name.as_str())
+            .expires(gate_lease)
+            .fair(true)
+            .renew(true);
         if let Some(timeout) = remaining(deadline).filter(|t| !t.is_zero()) {
             gate = gate.timeout(timeout);
         }
@@ -168,11 +196,15 @@ impl Semaphore {
         // by the guard's background release when dropped).
         drop(gate);
         let (guard, index) = permit?;
-        Ok(Permit {
+        Ok(self.permit(guard, index))
+    }
+
+    fn permit(&self, guard: LockGuard, index: u32) -> Permit {
+        Permit {
             guard,
             index,
             _in_use: crate::metrics::Gauged::permit(&self.name),
-        })
+        }
     }
 
     /// The first permit free: each tried once, then (with time left) all
