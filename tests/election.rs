@@ -4,9 +4,9 @@
 //! kills the leader (SIGKILL, then a new candidate process in its place)
 //! and freezes it (SIGSTOP for 2.5 s, past its lease, then SIGCONT).
 //!
-//! Each candidate logs what it believes, on the machine's one clock: when
-//! `campaign` returned, and every instant at which `is_lost()` still said
-//! false (the timestamp taken before the check). The test asserts that no
+//! Each candidate logs what it believes, on the machine's one clock: every
+//! instant at which `is_lost()` still said false (the timestamp taken
+//! before the check), from the first check after `campaign` returned. The test asserts that no
 //! two terms were believed at once, that tokens grow with every term, and
 //! that the observer saw every term, in order. It prints the failover time
 //! after each kill (from the kill to the next leader's `campaign`).
@@ -49,23 +49,31 @@ async fn candidate(collection: &str, stop_at: i64) {
     let me = format!("pid {}", std::process::id());
     while now_us() < stop_at {
         let leadership = election.campaign(me.as_str()).await.unwrap();
-        let (token, start) = (leadership.token(), now_us());
-        println!("S {token} {start}");
+        let token = leadership.token();
         let hold = rand::rng().random_range(300_000..1_200_000);
-        let mut last = start;
+        // A belief is an instant taken before a check that said leading:
+        // the first such starts the term (a freeze right after `campaign`
+        // returned must not count as leading).
+        let mut held: Option<(i64, i64)> = None;
         loop {
             let at = now_us();
             if leadership.is_lost() {
                 break;
             }
-            last = at;
-            println!("H {token} {at}");
+            match held {
+                None => println!("S {token} {at}"),
+                Some(_) => println!("H {token} {at}"),
+            }
+            let start = held.map_or(at, |(start, _)| start);
+            held = Some((start, at));
             if at - start > hold || at > stop_at {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        println!("B {token} {start} {last}");
+        if let Some((start, last)) = held {
+            println!("B {token} {start} {last}");
+        }
         let _ = leadership.resign().await;
     }
     lock.finish_releases(Duration::from_secs(5)).await;
