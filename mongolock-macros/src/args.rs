@@ -132,29 +132,15 @@ impl Args {
         let mut errors = Errors::default();
         for Pair { name, value } in pairs {
             let text = name.to_string();
-            let duplicate = match text.as_str() {
-                "key" => args.key.is_some(),
-                "expires" => args.expires.is_some(),
-                "timeout" => args.timeout.is_some(),
-                "renew" => args.renew.is_some(),
-                "min_hold" => args.min_hold.is_some(),
-                "on_busy" => args.skip_when_busy.is_some(),
-                "fair" => args.fair.is_some(),
-                "owner" => args.owner.is_some(),
-                "lock" => args.lock.is_some(),
-                "schedule" => args.schedule.is_some(),
-                "permits" => args.permits.is_some(),
-                "crate" => args.krate.is_some(),
-                _ => {
-                    errors.push(syn::Error::new_spanned(
-                        &name,
-                        format!(
-                            "unknown argument `{text}`; expected one of: {}",
-                            NAMES.join(", ")
-                        ),
-                    ));
-                    continue;
-                }
+            let Some(duplicate) = args.given(&text) else {
+                errors.push(syn::Error::new_spanned(
+                    &name,
+                    format!(
+                        "unknown argument `{text}`; expected one of: {}",
+                        NAMES.join(", ")
+                    ),
+                ));
+                continue;
             };
             if duplicate {
                 errors.push(syn::Error::new_spanned(
@@ -233,20 +219,7 @@ impl Args {
             }
         }
         if let Some(permits) = &args.permits {
-            let given = |name: &str| match name {
-                "min_hold" => args.min_hold.is_some(),
-                "fair" => args.fair.is_some(),
-                "owner" => args.owner.is_some(),
-                _ => args.schedule.is_some(),
-            };
-            for (name, why) in NOT_WITH_PERMITS {
-                if given(name) {
-                    errors.push(syn::Error::new_spanned(
-                        permits,
-                        format!("`{name}` does not go with `permits`: {why}"),
-                    ));
-                }
-            }
+            args.refuse_beside(permits, "permits", NOT_WITH_PERMITS, &mut errors);
             if matches!(args.renew, Some(Renew::Every(_))) {
                 errors.push(syn::Error::new_spanned(
                     permits,
@@ -255,25 +228,45 @@ impl Args {
             }
         }
         if let Some(schedule) = args.schedule.as_ref().filter(|_| args.permits.is_none()) {
-            let given = |name: &str| match name {
-                "timeout" => args.timeout.is_some(),
-                "min_hold" => args.min_hold.is_some(),
-                "on_busy" => args.skip_when_busy.is_some(),
-                "fair" => args.fair.is_some(),
-                "owner" => args.owner.is_some(),
-                _ => args.renew.is_some(),
-            };
-            for (name, why) in NOT_WITH_SCHEDULE {
-                if given(name) {
-                    errors.push(syn::Error::new_spanned(
-                        schedule,
-                        format!("`{name}` does not go with `schedule`: {why}"),
-                    ));
-                }
-            }
+            args.refuse_beside(schedule, "schedule", NOT_WITH_SCHEDULE, &mut errors);
         }
         errors.finish()?;
         Ok(args)
+    }
+}
+
+impl Args {
+    /// Whether argument `name` was given; `None` for a name that is not
+    /// an argument.
+    fn given(&self, name: &str) -> Option<bool> {
+        Some(match name {
+            "key" => self.key.is_some(),
+            "expires" => self.expires.is_some(),
+            "timeout" => self.timeout.is_some(),
+            "renew" => self.renew.is_some(),
+            "min_hold" => self.min_hold.is_some(),
+            "on_busy" => self.skip_when_busy.is_some(),
+            "fair" => self.fair.is_some(),
+            "owner" => self.owner.is_some(),
+            "lock" => self.lock.is_some(),
+            "schedule" => self.schedule.is_some(),
+            "permits" => self.permits.is_some(),
+            "crate" => self.krate.is_some(),
+            _ => return None,
+        })
+    }
+
+    /// Reports each argument of `table` given beside `arg` (named `what`),
+    /// with the table's reason, on `arg`.
+    fn refuse_beside(&self, arg: &Expr, what: &str, table: &[(&str, &str)], errors: &mut Errors) {
+        for (name, why) in table {
+            if self.given(name) == Some(true) {
+                errors.push(syn::Error::new_spanned(
+                    arg,
+                    format!("`{name}` does not go with `{what}`: {why}"),
+                ));
+            }
+        }
     }
 }
 

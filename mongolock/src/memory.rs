@@ -194,6 +194,26 @@ impl Memory {
         doc.clone()
     }
 
+    /// Applies `update` (given the now) to `key`'s document if `filter`
+    /// matches it; the document after, if it did.
+    fn update_matching(
+        &self,
+        key: &str,
+        filter: &Document,
+        update: impl FnOnce(&mut Document, i64),
+    ) -> Result<Option<Document>> {
+        let now = now_millis();
+        let mut locks = self.locks();
+        let Some(doc) = locks.get_mut(key) else {
+            return Ok(None);
+        };
+        if !matches(doc, filter, now)? {
+            return Ok(None);
+        }
+        update(doc, now);
+        Ok(Some(doc.clone()))
+    }
+
     /// [`query::release_update`] without a hand-over, on the document
     /// `filter` matches: the lease ends now (or at the end of the minimum
     /// hold), the owner is cleared. The document after, if one matched.
@@ -204,25 +224,19 @@ impl Memory {
         min_hold_millis: i64,
         release_id: &str,
     ) -> Result<Option<Document>> {
-        let now = now_millis();
-        let mut locks = self.locks();
-        let Some(doc) = locks.get_mut(key) else {
-            return Ok(None);
-        };
-        if !matches(doc, filter, now)? {
-            return Ok(None);
-        }
-        let hold_end = millis(doc, ACQUIRED_AT).map_or(now, |t| t.saturating_add(min_hold_millis));
-        let end = if min_hold_millis > 0 {
-            now.max(hold_end)
-        } else {
-            now
-        };
-        doc.insert(EXPIRES_AT, date(end));
-        doc.remove(OWNER);
-        doc.remove(CLAIM);
-        doc.insert(RELEASE_ID, release_id);
-        Ok(Some(doc.clone()))
+        self.update_matching(key, filter, |doc, now| {
+            let hold_end =
+                millis(doc, ACQUIRED_AT).map_or(now, |t| t.saturating_add(min_hold_millis));
+            let end = if min_hold_millis > 0 {
+                now.max(hold_end)
+            } else {
+                now
+            };
+            doc.insert(EXPIRES_AT, date(end));
+            doc.remove(OWNER);
+            doc.remove(CLAIM);
+            doc.insert(RELEASE_ID, release_id);
+        })
     }
 
     /// [`query::touch_pipeline`] on the document `filter` matches.
@@ -232,16 +246,9 @@ impl Memory {
         filter: &Document,
         lease_millis: i64,
     ) -> Result<Option<Document>> {
-        let now = now_millis();
-        let mut locks = self.locks();
-        let Some(doc) = locks.get_mut(key) else {
-            return Ok(None);
-        };
-        if !matches(doc, filter, now)? {
-            return Ok(None);
-        }
-        doc.insert(EXPIRES_AT, date(now.saturating_add(lease_millis)));
-        Ok(Some(doc.clone()))
+        self.update_matching(key, filter, |doc, now| {
+            doc.insert(EXPIRES_AT, date(now.saturating_add(lease_millis)));
+        })
     }
 
     /// Sets `field` on the document `filter` matches; whether one did.
@@ -252,16 +259,10 @@ impl Memory {
         field: &str,
         value: Bson,
     ) -> Result<bool> {
-        let now = now_millis();
-        let mut locks = self.locks();
-        let Some(doc) = locks.get_mut(key) else {
-            return Ok(false);
-        };
-        if !matches(doc, filter, now)? {
-            return Ok(false);
-        }
-        doc.insert(field, value);
-        Ok(true)
+        let updated = self.update_matching(key, filter, |doc, _| {
+            doc.insert(field, value);
+        })?;
+        Ok(updated.is_some())
     }
 
     /// Takes `claim` out of `key`'s queue ([`query::leave_queue`]).
