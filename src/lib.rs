@@ -214,6 +214,38 @@ pub fn run_workers(role_var: &str, names: &[&str], env: &[(&str, &str)]) -> Resu
     }
 }
 
+/// Runs this test program again as a child process that runs only its
+/// test named `child` (a worker of a multi-process test), with `env` added
+/// and `MONGODB_URI` set to [`server_uri`]'s server, and hands each line
+/// the child prints to `on_line`. The child is killed when dropped.
+pub fn child_test(
+    env: &[(&str, String)],
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let program = std::env::current_exe().unwrap_or_else(|e| panic!("no program path: {e}"));
+    let uri = server_uri().unwrap_or_else(|e| panic!("no MongoDB server for tests: {e}"));
+    let mut child = tokio::process::Command::new(program)
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("MONGODB_URI", uri)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start a worker process: {e}"));
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                on_line(&line);
+            }
+        });
+    }
+    child
+}
+
 /// A free loopback port, for a server that must keep its address across a
 /// restart.
 pub fn free_port() -> u16 {

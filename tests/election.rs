@@ -11,15 +11,13 @@
 //! that the observer saw every term, in order. It prints the failover time
 //! after each kill (from the kill to the next leader's `campaign`).
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mongolock::MongoLock;
 use mongolock_suite::beliefs::{violations, History};
 use rand::Rng;
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const ROLE: &str = "MONGOLOCK_ELECTION_ROLE";
 const COLLECTION: &str = "MONGOLOCK_ELECTION_COLLECTION";
@@ -122,28 +120,17 @@ fn spawn(
     history: &Arc<Mutex<History>>,
     observed: &Arc<Mutex<Vec<String>>>,
 ) -> Process {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(COLLECTION, collection)
-        .env(STOP_AT, stop_at.to_string())
-        .env("MONGODB_URI", mongolock_suite::server_uri().unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
     let (history, observed, worker) = (history.clone(), observed.clone(), name.clone());
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(at) = line.find("O ") {
-                observed.lock().unwrap().push(line[at + 2..].to_owned());
-            } else {
-                history.lock().unwrap().line(&worker, &line);
-            }
+    let env = [
+        (ROLE, role.to_owned()),
+        (COLLECTION, collection.to_owned()),
+        (STOP_AT, stop_at.to_string()),
+    ];
+    let child = mongolock_suite::child_test(&env, move |line| {
+        if let Some(at) = line.find("O ") {
+            observed.lock().unwrap().push(line[at + 2..].to_owned());
+        } else {
+            history.lock().unwrap().line(&worker, line);
         }
     });
     Process { name, child }

@@ -9,7 +9,6 @@
 //! last kill (a dead holder's permit comes back after its lease).
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,8 +16,7 @@ use mongolock::{Error, MongoLock};
 use mongolock_suite::beliefs::{most_at_once, Belief};
 use mongolock_suite::fresh_lock;
 use rand::Rng;
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const ROLE: &str = "MONGOLOCK_SEMAPHORE_ROLE";
 const COLLECTION: &str = "MONGOLOCK_SEMAPHORE_COLLECTION";
@@ -152,44 +150,33 @@ async fn child() {
 type Holds = Arc<Mutex<BTreeMap<(u32, i64), (i64, i64)>>>;
 
 fn spawn(collection: &str, stop_at: i64, holds: &Holds) -> Child {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(ROLE, "worker")
-        .env(COLLECTION, collection)
-        .env(STOP_AT, stop_at.to_string())
-        .env("MONGODB_URI", mongolock_suite::server_uri().unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
     let holds = holds.clone();
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let at = fields
-                .iter()
-                .position(|f| *f == "H" || *f == "P")
-                .unwrap_or(fields.len());
-            let n: Vec<i64> = fields[at..]
-                .iter()
-                .skip(1)
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            let mut holds = holds.lock().unwrap();
-            match (fields.get(at), n.as_slice()) {
-                (Some(&"H"), [index, token, at]) => {
-                    let entry = holds.entry((*index as u32, *token)).or_insert((*at, *at));
-                    entry.1 = entry.1.max(*at);
-                }
-                (Some(&"P"), [index, token, start, end]) => {
-                    holds.insert((*index as u32, *token), (*start, *end));
-                }
-                _ => {}
+    let env = [
+        (ROLE, "worker".to_owned()),
+        (COLLECTION, collection.to_owned()),
+        (STOP_AT, stop_at.to_string()),
+    ];
+    let child = mongolock_suite::child_test(&env, move |line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let at = fields
+            .iter()
+            .position(|f| *f == "H" || *f == "P")
+            .unwrap_or(fields.len());
+        let n: Vec<i64> = fields[at..]
+            .iter()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let mut holds = holds.lock().unwrap();
+        match (fields.get(at), n.as_slice()) {
+            (Some(&"H"), [index, token, at]) => {
+                let entry = holds.entry((*index as u32, *token)).or_insert((*at, *at));
+                entry.1 = entry.1.max(*at);
             }
+            (Some(&"P"), [index, token, start, end]) => {
+                holds.insert((*index as u32, *token), (*start, *end));
+            }
+            _ => {}
         }
     });
     child
