@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use mongodb::bson::DateTime;
 
-pub use records::{RunOutcome, RunRecord, DEFAULT_RUN_HISTORY};
+pub use crate::settings::DEFAULT_RUN_HISTORY;
+pub use records::{RunOutcome, RunRecord};
 pub use schedule::Schedule;
 
 use crate::attempt::{Attempt, Request};
@@ -310,7 +311,11 @@ impl Job {
             Attempt::Busy(info, _) => match info.tick {
                 Some(tick) if info.tick_by.as_deref() == Some(claim.as_str()) => {
                     tracing::info!(key = %self.key, %tick, "mongolock: the previous run still holds the job; tick skipped");
-                    crate::metrics::run_finished(&self.key, &RunOutcome::SkippedStillRunning, None);
+                    crate::metrics::run_finished(
+                        &self.key,
+                        RunOutcome::SkippedStillRunning.as_str(),
+                        None,
+                    );
                     let claimed = Claimed {
                         job: self.key.clone(),
                         schedule: self.schedule.to_string(),
@@ -391,7 +396,7 @@ impl Job {
         let outcome = &outcome;
         // The outcome goes on the claim's record: after it.
         run.recorded().await;
-        crate::metrics::run_finished(&self.key, outcome, Some(took));
+        crate::metrics::run_finished(&self.key, outcome.as_str(), Some(took));
         let recorded = lock
             .bounded(
                 &self.key,

@@ -45,6 +45,9 @@ pub const DEFAULT_QUEUE_EXPIRY: Duration = Duration::from_secs(15);
 /// changed with [`MongoLock::with_stream_idle_close`](crate::MongoLock::with_stream_idle_close).
 pub const DEFAULT_STREAM_IDLE_CLOSE: Duration = Duration::from_secs(60);
 
+/// The default of [`MongoLock::with_run_history`](crate::MongoLock::with_run_history).
+pub const DEFAULT_RUN_HISTORY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
 /// Settings kept when a `with_*` method makes a new `MongoLock`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
@@ -70,7 +73,7 @@ impl Default for Settings {
             fair: true,
             queue_expiry: DEFAULT_QUEUE_EXPIRY,
             stream_idle_close: DEFAULT_STREAM_IDLE_CLOSE,
-            run_history: crate::jobs::DEFAULT_RUN_HISTORY,
+            run_history: DEFAULT_RUN_HISTORY,
         }
     }
 }

@@ -2,8 +2,6 @@
 //! `<lock collection>.runs`, deleted by a TTL index once older than the
 //! lock's [run history](crate::MongoLock::with_run_history).
 
-use std::time::Duration;
-
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::Collection;
@@ -388,9 +386,6 @@ impl MongoLock {
         });
     }
 }
-
-/// The default of [`MongoLock::with_run_history`].
-pub const DEFAULT_RUN_HISTORY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 #[cfg(test)]
 mod tests {

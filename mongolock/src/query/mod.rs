@@ -1,0 +1,174 @@
+//! The MongoDB filters and update pipelines, in one place: the lock
+//! document's fields and filters here, the acquisition's pipelines in
+//! [`acquire`], the release's and the queue's in [`release`].
+//!
+//! Rules every expression here keeps:
+//! - Time comes from the server (`$$NOW`). Dates are compared as `$toLong`
+//!   milliseconds, which sidesteps servers that compare `$$NOW` with stored
+//!   dates across time zones wrongly.
+//! - Filters of upserts hold `_id` only: real MongoDB refuses `$expr` there,
+//!   and sharded clusters route on `_id`.
+//! - User strings inside pipelines are wrapped in `$literal`, so an owner such
+//!   as `"$owner"` is never read as a field path.
+//! - Only `$add` on dates, never `$dateAdd` (MongoDB 5.0+).
+
+use mongodb::bson::{doc, Bson, Document};
+
+/// Field names of a lock document. `_id` is the key.
+pub(crate) const OWNER: &str = "owner";
+pub(crate) const ACQUIRED_AT: &str = "acquired_at";
+pub(crate) const EXPIRES_AT: &str = "expires_at";
+pub(crate) const TOKEN: &str = "token";
+/// Set by [`acquire()`](crate::MongoLock::acquire): which acquisition holds
+/// the lock, so only a retry of that very acquisition re-enters it.
+pub(crate) const CLAIM: &str = "claim";
+/// The Python package `mongolock`'s fields, kept in step so that a fleet
+/// migrating job by job never runs a job twice: `locked` and `expire` (its
+/// lease end), `created` (its acquisition time).
+pub(crate) const PY_LOCKED: &str = "locked";
+pub(crate) const PY_EXPIRE: &str = "expire";
+pub(crate) const PY_CREATED: &str = "created";
+
+/// A fair lock's queue of waiters, oldest first: `{ w, p, exp, o, l }` per
+/// waiter, with its claim, its `MongoLock`'s tag (which process to wake),
+/// when the entry lapses unless the waiter asks again, and the owner and
+/// lease (milliseconds) a release hands the lock over with.
+pub(crate) const QUEUE: &str = "queue";
+/// Set by each release to a value of the releaser's, so that the releasing
+/// process recognises its own release's change event. A release that hands
+/// the lock over appends [`GRANTED_TO`] and the new holder's process tag.
+pub(crate) const RELEASE_ID: &str = "release_id";
+/// Separates a release id from the tag of the process it handed over to.
+pub(crate) const GRANTED_TO: &str = "@";
+/// What a release's reply and its change event carry: who holds the lock
+/// now (after a handover) and whose turn it is.
+pub(crate) const RELEASE_VIEW: [&str; 7] = [
+    QUEUE,
+    RELEASE_ID,
+    OWNER,
+    CLAIM,
+    TOKEN,
+    ACQUIRED_AT,
+    EXPIRES_AT,
+];
+/// A scheduled job's last claimed tick (epoch milliseconds), the one
+/// before it, and the claim of the attempt that claimed it (see
+/// [`TickClaim`]).
+pub(crate) const LAST_TICK: &str = "tick";
+pub(crate) const PREV_TICK: &str = "prev_tick";
+pub(crate) const TICK_BY: &str = "tick_by";
+/// What a leader proclaimed: `{ t: token, v: text }`, the value of the
+/// term whose token is `t` (a later term's document may still carry an
+/// earlier term's value until its leader proclaims).
+pub(crate) const VALUE: &str = "value";
+pub(crate) const VALUE_TOKEN: &str = "t";
+pub(crate) const VALUE_TEXT: &str = "v";
+/// Queue entry fields.
+pub(crate) const WAITER: &str = "w";
+pub(crate) const PROCESS: &str = "p";
+pub(crate) const ENTRY_EXPIRES: &str = "exp";
+pub(crate) const ENTRY_OWNER: &str = "o";
+pub(crate) const ENTRY_LEASE: &str = "l";
+/// The most entries a queue holds: a document stays far below MongoDB's
+/// 16 MiB, and waiters beyond it wait unqueued, as without fairness.
+pub(crate) const MAX_QUEUE: i64 = 10_000;
+
+/// How many fencing token steps one millisecond of server time is worth. A
+/// token is `max(previous + 1, server epoch ms x TOKENS_PER_MILLI)`, so it
+/// runs ahead of the clock only if one key is acquired more than this often
+/// in a millisecond, which no server does. A document recreated after the
+/// TTL index deleted it therefore starts above every token it ever had, as
+/// long as the server's clock is not behind the clock that stamped them by
+/// more than the cleanup delay.
+pub(crate) const TOKENS_PER_MILLI: i64 = 1000;
+
+/// A scratch field used between pipeline stages and removed at the end.
+const SCRATCH: &str = "_mongolock";
+
+fn field(name: &str) -> String {
+    format!("${name}")
+}
+
+fn now_millis() -> Bson {
+    Bson::Document(doc! { "$toLong": "$$NOW" })
+}
+
+/// When the lease ends, in milliseconds: the later of this crate's
+/// `expires_at` and, while the Python package's `locked` is true, its
+/// `expire` (no `expire` there means no expiry). 0 for a new document.
+fn held_until_millis() -> Bson {
+    let ours = doc! { "$ifNull": [{ "$toLong": field(EXPIRES_AT) }, 0_i64] };
+    let python = doc! { "$cond": [
+        { "$eq": [field(PY_LOCKED), true] },
+        { "$ifNull": [{ "$toLong": field(PY_EXPIRE) }, i64::MAX] },
+        0_i64,
+    ] };
+    Bson::Document(doc! { "$max": [ours, python] })
+}
+
+/// True when the lease is still running by the server's clock.
+pub(crate) fn held_expr() -> Document {
+    doc! { "$gt": [held_until_millis(), now_millis()] }
+}
+
+/// Filter for `_id` alone, the only shape allowed for upserts.
+pub fn by_key(key: &str) -> Document {
+    doc! { "_id": key }
+}
+
+/// Filter for a lock held by `owner`, and, for a guard, by that very
+/// acquisition (`token`), so a stale guard whose owner name was reused cannot
+/// touch the new holder's lock.
+pub fn by_holder(key: &str, owner: &str, token: Option<i64>) -> Document {
+    let mut filter = doc! { "_id": key, OWNER: owner };
+    if let Some(token) = token {
+        filter.insert(TOKEN, token);
+    }
+    filter
+}
+
+/// Filter for the lock taken by one acquisition, known by its claim.
+pub(crate) fn by_claim(key: &str, owner: &str, claim: &str) -> Document {
+    doc! { "_id": key, OWNER: owner, CLAIM: claim }
+}
+
+/// A new acquisition's fencing token (see [`TOKENS_PER_MILLI`]).
+fn next_token() -> Document {
+    doc! { "$max": [
+        { "$add": [{ "$ifNull": [field(TOKEN), 0_i64] }, 1_i64] },
+        { "$multiply": [now_millis(), TOKENS_PER_MILLI] },
+    ] }
+}
+
+/// The queue's entries that have not lapsed, oldest first.
+fn live_entries() -> Document {
+    doc! { "$let": {
+        "vars": { "now": now_millis() },
+        "in": { "$filter": {
+            "input": { "$ifNull": [field(QUEUE), []] },
+            "as": "e",
+            "cond": { "$gt": [{ "$toLong": format!("$$e.{ENTRY_EXPIRES}") }, "$$now"] },
+        } },
+    } }
+}
+
+mod acquire;
+mod release;
+
+pub use acquire::{acquire_pipeline, Queueing, TickClaim};
+pub use release::release_update;
+pub(crate) use release::{leave_queue, queued_as, touch_pipeline, without_queue, HandOver};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_filter_matches_token_only_for_guards() {
+        assert_eq!(by_holder("k", "o", None), doc! { "_id": "k", "owner": "o" });
+        assert_eq!(
+            by_holder("k", "o", Some(7)),
+            doc! { "_id": "k", "owner": "o", "token": 7_i64 }
+        );
+    }
+}
