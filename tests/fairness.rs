@@ -216,6 +216,136 @@ async fn an_uncontended_fair_acquisition_is_one_round_trip_and_opens_no_stream()
         "acquire and release, one command each (the release a plain update, \
          as no queue was seen), and no change stream"
     );
+    // Now the key's document is known to exist: the next acquisition is
+    // the quick take, an `update` that returns no document.
+    commands.clear();
+    let guard = lock.acquire("job").fair(true).timeout(WAIT).await.unwrap();
+    assert!(guard.release().await.unwrap());
+    assert_eq!(
+        commands.started(),
+        ["update", "update"],
+        "the quick take and the plain release"
+    );
+}
+
+/// The quick take (a key whose document this process has seen, not seen
+/// contended) is refused by the server unless the lock is released, free
+/// and unqueued, and its token must grow: tokens grow in the order of
+/// acquisition whichever path took the lock (quick take, pipeline, another
+/// process, after the Python package replaced the document), and a lock
+/// whose holder vanished without a release is still taken once its lease
+/// ran out, by the pipeline.
+#[tokio::test]
+async fn the_quick_take_keeps_tokens_growing_and_passes_no_holder_or_queue() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_quick").await;
+    let (lock, commands) = Commands::lock(&coll).await;
+    let other = MongoLock::with_collection(coll.clone());
+    // A process that has seen the key's document, as `lock` will have.
+    let (knows, knows_commands) = Commands::lock(&coll).await;
+    let mut tokens = Vec::new();
+    let mut take = |guard: &mongolock::LockGuard| tokens.push(guard.token());
+
+    let before = knows.acquire("job").await.unwrap();
+    take(&before);
+    before.release().await.unwrap();
+    knows.ensure_ttl_index().await.unwrap();
+    let first = lock.acquire("job").await.unwrap();
+    take(&first);
+    first.release().await.unwrap();
+    lock.ensure_ttl_index().await.unwrap();
+    commands.clear();
+    let quick = lock.acquire("job").await.unwrap();
+    assert_eq!(commands.started(), ["update"], "a quick take");
+    take(&quick);
+    // Held: another process is refused, and so is one that knows the key,
+    // whose quick take the server refuses before its pipeline does.
+    assert!(matches!(
+        other.acquire("job").await,
+        Err(mongolock::Error::Locked { .. })
+    ));
+    knows_commands.clear();
+    assert!(matches!(
+        knows.acquire("job").await,
+        Err(mongolock::Error::Locked { .. })
+    ));
+    assert_eq!(knows_commands.started(), ["update", "findAndModify"]);
+    quick.release().await.unwrap();
+    let elsewhere = other.acquire("job").await.unwrap();
+    take(&elsewhere);
+    elsewhere.release().await.unwrap();
+    let again = lock.acquire("job").await.unwrap();
+    take(&again);
+    // The holder vanishes (no release): its lease runs out by the server's
+    // clock, and only the pipeline may take the lock then.
+    std::mem::forget(again);
+    coll.update_one(
+        doc! { "_id": "job" },
+        vec![doc! { "$set": { "expires_at": "$$NOW", "expire": "$$NOW" } }],
+    )
+    .await
+    .unwrap();
+    commands.clear();
+    let after_expiry = lock.acquire("job").await.unwrap();
+    assert_eq!(commands.started(), ["update", "findAndModify"]);
+    take(&after_expiry);
+    after_expiry.release().await.unwrap();
+    // The Python package's release replaces the document: no token left.
+    coll.replace_one(
+        doc! { "_id": "job" },
+        doc! { "locked": false, "owner": null, "created": null, "expire": null },
+    )
+    .await
+    .unwrap();
+    commands.clear();
+    let after_python = lock.acquire("job").await.unwrap();
+    assert_eq!(commands.started(), ["update"], "a quick take");
+    take(&after_python);
+    after_python.release().await.unwrap();
+    // A queue entry of another process's waiter: the quick take is
+    // refused, and the pipeline lets the head go first.
+    let in_a_minute = DateTime::from_millis(DateTime::now().timestamp_millis() + 60_000);
+    coll.update_one(
+        doc! { "_id": "job" },
+        doc! { "$set": { "queue": [
+            { "w": "elsewhere", "p": "other-process", "exp": in_a_minute, "o": "them", "l": 60_000_i64 },
+        ] } },
+    )
+    .await
+    .unwrap();
+    commands.clear();
+    assert!(matches!(
+        lock.acquire("job").await,
+        Err(mongolock::Error::Locked { .. })
+    ));
+    assert_eq!(commands.started(), ["update", "findAndModify"]);
+    coll.update_one(doc! { "_id": "job" }, doc! { "$unset": { "queue": "" } })
+        .await
+        .unwrap();
+    // A token above the one a quick take would propose (a clock that
+    // stamped it ran ahead): refused, and the pipeline's token grows. (A
+    // process that has not found the key taken, as `lock` now has.)
+    let (late, late_commands) = Commands::lock(&coll).await;
+    let seen = late.acquire("job").await.unwrap();
+    take(&seen);
+    seen.release().await.unwrap();
+    late.ensure_ttl_index().await.unwrap();
+    let ahead = (DateTime::now().timestamp_millis() + 3_600_000) * 1000;
+    coll.update_one(doc! { "_id": "job" }, doc! { "$set": { "token": ahead } })
+        .await
+        .unwrap();
+    tokens.push(ahead);
+    late_commands.clear();
+    let above = late.acquire("job").await.unwrap();
+    assert_eq!(late_commands.started(), ["update", "findAndModify"]);
+    assert_eq!(above.token(), ahead + 1);
+    tokens.push(above.token());
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens in the order of acquisition: {tokens:?}"
+    );
 }
 
 /// The light attempt (a key this process has not seen contended) takes a

@@ -41,6 +41,13 @@ pub(crate) enum Attempt {
     Busy(LockInfo, Place),
 }
 
+/// What a quick take did (see [`MongoLock::quick`]).
+enum Quick {
+    NotTried,
+    Refused,
+    Took(Box<Attempt>),
+}
+
 /// Where a fair waiter stands in the queue after a busy attempt.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Place {
@@ -141,6 +148,17 @@ impl MongoLock {
             // A key not seen contended lately most likely has no queue.
             expect_none: !self.contention().lately(&req.key),
         });
+        match self.quick(req, queueing.as_ref()).await? {
+            Quick::NotTried => {}
+            Quick::Took(acquired) => return Ok(*acquired),
+            // Taken, queued, expired but not released, or the token too low:
+            // the full attempt decides by the server's clock, and queues.
+            Quick::Refused => {
+                if let Some(queueing) = queueing.as_mut() {
+                    queueing.expect_none = false;
+                }
+            }
+        }
         let mut retries = 0;
         loop {
             let probe = Probe::start();
@@ -175,6 +193,7 @@ impl MongoLock {
                     // After the first write, which created the collection if
                     // it was new: the build never races its creation.
                     self.start_ttl_index();
+                    self.contention().exists(&req.key);
                     let info = LockInfo::from_document(&doc)?;
                     let claim = doc.get_str(query::CLAIM).unwrap_or_default();
                     let ours =
@@ -223,6 +242,51 @@ impl MongoLock {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The quick take (see [`query::quick_take`]), where it may succeed: a
+    /// fair attempt on a key not seen contended lately, whose document a
+    /// reply showed, with a fresh reading of the server's clock to propose
+    /// the fencing token from. Unless it took the lock, the caller's
+    /// pipeline attempt follows.
+    ///
+    /// The lease is counted as every lease is (see
+    /// [`Anchor::believed_until`]): from when the request left, with the
+    /// token's instant as the server's reading. That instant is at or before
+    /// the server's grant, which the span from it to `at + lease` therefore
+    /// never overstates.
+    async fn quick(&self, req: &Request, queueing: Option<&query::Queueing<'_>>) -> Result<Quick> {
+        let worth_trying = self.memory().is_none()
+            && req.tick.is_none()
+            && queueing.is_some_and(|q| q.expect_none)
+            && self.contention().known(&req.key);
+        let Some(token) = worth_trying
+            .then(|| self.server_clock().floor_micros())
+            .flatten()
+        else {
+            return Ok(Quick::NotTried);
+        };
+        let probe = Probe::start();
+        let reply = self
+            .collection()
+            .update_one(
+                query::quick_filter(&req.key, token),
+                query::quick_take(&req.owner, &req.claim, req.lease_millis, token),
+            )
+            .await?;
+        if reply.matched_count != 1 {
+            return Ok(Quick::Refused);
+        }
+        let at = mongodb::bson::DateTime::from_millis(token.div_euclid(query::TOKENS_PER_MILLI));
+        Ok(Quick::Took(Box::new(Attempt::Acquired {
+            info: LockInfo::granted(&req.key, &req.owner, token, at, req.lease_millis),
+            anchor: Anchor {
+                sent: probe.sent(),
+                server: at,
+            },
+            handed: false,
+            queued: false,
+        })))
     }
 }
 

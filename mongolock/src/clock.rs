@@ -110,6 +110,27 @@ impl ServerClock {
             .map_or(local, |s| local.saturating_add(s.offset_millis))
     }
 
+    /// A lower bound of the server's clock now, in epoch microseconds, by
+    /// the kept sample: the server read its clock somewhere within the
+    /// sample's round trip, so its offset is known within half of it, and
+    /// the reading was rounded down to a millisecond. `None` while no fresh
+    /// sample is kept. It only proposes a fencing token (see
+    /// [`crate::query::quick_take`]): the server decides whether it grows.
+    pub(crate) fn floor_micros(&self) -> Option<i64> {
+        let sample = self.fresh()?;
+        let local = match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_micros()).ok()?,
+            Err(_) => return None,
+        };
+        let half_rtt = i64::try_from((sample.rtt / 2).as_micros()).ok()?;
+        Some(
+            local
+                .saturating_add(sample.offset_millis.saturating_mul(1000))
+                .saturating_sub(half_rtt)
+                .saturating_sub(1000),
+        )
+    }
+
     /// Forgets the kept sample, so that the next [`refresh`](Self::refresh)
     /// asks the server: the server's clock may have stepped.
     pub(crate) fn forget(&self) {
@@ -183,5 +204,31 @@ mod tests {
         // A time already past on the server is now.
         let past = clock.local_instant(server_now).unwrap();
         assert!(past <= Instant::now());
+    }
+
+    #[test]
+    fn the_floor_is_below_the_servers_clock_by_the_round_trip() {
+        let clock = ServerClock::default();
+        assert_eq!(clock.floor_micros(), None, "no sample, no floor");
+        let probe = Probe::start();
+        let server_now = DateTime::from_millis(wall_millis(SystemTime::now()) + 10_000);
+        clock.observe(&probe, server_now);
+        let observed = Instant::now();
+        let floor = clock.floor_micros().unwrap();
+        // The server reads about 10 s ahead; the floor is under it (plus
+        // the time since, as the server's clock ran on), and no further
+        // under it than the (tiny) round trip and the rounding.
+        let server_micros = server_now.timestamp_millis() * 1000;
+        let since = i64::try_from(observed.elapsed().as_micros()).unwrap();
+        assert!(
+            floor < server_micros + 1000 + since,
+            "{floor} vs {server_micros}"
+        );
+        assert!(
+            floor > server_micros - 1_000_000,
+            "{floor} vs {server_micros}"
+        );
+        clock.forget();
+        assert_eq!(clock.floor_micros(), None);
     }
 }

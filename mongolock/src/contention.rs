@@ -1,7 +1,10 @@
-//! Which keys this process has seen contended lately: a hint, never a
-//! decision. A fair attempt on a key not seen contended sends the light
-//! pipeline (see [`crate::query::Queueing::expect_none`]), which the server
-//! still refuses if a queue has formed since.
+//! What this process has seen of each key lately: whether it was found
+//! taken, and that its document exists. Hints, never decisions. A fair
+//! attempt on a key not seen contended sends the light pipeline (see
+//! [`crate::query::Queueing::expect_none`]), which the server still refuses
+//! if a queue has formed since; on a key whose document is known to exist
+//! it first tries the quick take (see [`crate::query::quick_take`]), which
+//! the server refuses unless the lock is free, released and unqueued.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -12,10 +15,10 @@ use tokio::time::Instant;
 /// The most keys remembered; past it, those not seen lately are forgotten.
 const MAX_KEYS: usize = 10_000;
 
-/// Keys and when each was last found taken.
+/// Keys, when each was last seen and last found taken.
 #[derive(Debug)]
 pub(crate) struct Contention {
-    seen: Mutex<HashMap<String, Instant>>,
+    seen: Mutex<HashMap<String, Seen>>,
     /// How long a key counts as contended after it was last found taken.
     lately: Duration,
 }
@@ -30,22 +33,56 @@ impl Contention {
 
     /// An attempt on `key` found it taken (or queued).
     pub(crate) fn saw(&self, key: &str) {
+        self.note(key, true);
+    }
+
+    /// A reply showed `key`'s document (it exists, or did then).
+    pub(crate) fn exists(&self, key: &str) {
+        self.note(key, false);
+    }
+
+    fn note(&self, key: &str, taken: bool) {
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if seen.len() >= MAX_KEYS && !seen.contains_key(key) {
-            seen.retain(|_, at| now.saturating_duration_since(*at) < self.lately);
+            seen.retain(|_, s| now.saturating_duration_since(s.at) < self.lately);
             if seen.len() >= MAX_KEYS {
                 return;
             }
         }
-        seen.insert(key.to_owned(), now);
+        let entry = seen.entry(key.to_owned()).or_insert(Seen {
+            at: now,
+            taken: None,
+        });
+        entry.at = now;
+        if taken {
+            entry.taken = Some(now);
+        }
     }
 
     /// Whether `key` was found taken within the last while.
     pub(crate) fn lately(&self, key: &str) -> bool {
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.get(key).is_some_and(|at| at.elapsed() < self.lately)
+        seen.get(key)
+            .and_then(|s| s.taken)
+            .is_some_and(|at| at.elapsed() < self.lately)
     }
+
+    /// Whether a reply showed `key`'s document since this process last
+    /// forgot it (a full table forgets the keys not seen lately first).
+    pub(crate) fn known(&self, key: &str) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.contains_key(key)
+    }
+}
+
+/// What was seen of one key.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// When a reply last showed its document.
+    at: Instant,
+    /// When it was last found taken.
+    taken: Option<Instant>,
 }
 
 #[cfg(test)]
@@ -61,6 +98,22 @@ mod tests {
         assert!(!contention.lately("other"));
         tokio::time::advance(Duration::from_secs(16)).await;
         assert!(!contention.lately("k"));
+        assert!(contention.known("k"), "its document was seen");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_seen_free_is_known_but_not_contended() {
+        let contention = Contention::new(Duration::from_secs(15));
+        assert!(!contention.known("k"));
+        contention.exists("k");
+        assert!(contention.known("k"));
+        assert!(!contention.lately("k"));
+        contention.saw("k");
+        contention.exists("k");
+        assert!(
+            contention.lately("k"),
+            "seeing it again keeps its contention"
+        );
     }
 
     #[tokio::test(start_paused = true)]

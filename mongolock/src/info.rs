@@ -44,6 +44,31 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
+    /// What a [quick take](crate::query::quick_take) knows of the lock it
+    /// took, whose reply carries no document: its holder, its token, and
+    /// `at`, a lower bound of the server's clock when the request left, for
+    /// the server's `acquired_at` (and `at + lease` for `expires_at`).
+    pub(crate) fn granted(
+        key: &str,
+        owner: &str,
+        token: i64,
+        at: DateTime,
+        lease_millis: i64,
+    ) -> Self {
+        Self {
+            key: key.to_owned(),
+            owner: Some(owner.to_owned()),
+            acquired_at: Some(at),
+            expires_at: DateTime::from_millis(at.timestamp_millis().saturating_add(lease_millis)),
+            token,
+            tick: None,
+            value: None,
+            waiters: 0,
+            prev_tick: None,
+            tick_by: None,
+        }
+    }
+
     pub(crate) fn from_document(doc: &Document) -> Result<Self> {
         let key = doc
             .get_str("_id")

@@ -79,20 +79,10 @@ pub fn acquire_pipeline(
         { "$eq": [field(OWNER), { "$literal": owner }] },
         { "$eq": [{ "$ifNull": [field(CLAIM), ""] }, { "$literal": claim }] },
     ] };
-    let expires = doc! { "$add": ["$$NOW", lease_millis] };
-    let on_new = |name: &str, new: Bson| doc! { "$cond": ["$$free", new, field(name)] };
     // What a taking attempt writes; `$$free` tells a new acquisition from
-    // a re-entry.
-    let taken = doc! {
-        OWNER: { "$literal": owner },
-        CLAIM: { "$literal": claim },
-        ACQUIRED_AT: on_new(ACQUIRED_AT, "$$NOW".into()),
-        EXPIRES_AT: &expires,
-        TOKEN: on_new(TOKEN, next_token().into()),
-        PY_LOCKED: true,
-        PY_EXPIRE: &expires,
-        PY_CREATED: on_new(PY_CREATED, "$$NOW".into()),
-    };
+    // a re-entry, which keeps its token and times.
+    let on_new = |name: &str, new: Bson| Bson::from(doc! { "$cond": ["$$free", new, field(name)] });
+    let taken = taken(owner, claim, lease_millis, on_new, next_token().into());
     let merge = |fields: Document| doc! { "$mergeObjects": ["$$ROOT", fields] };
     let take_or = |otherwise: Bson| {
         doc! { "$cond": [{ "$or": ["$$free", &mine] }, merge(taken.clone()), otherwise] }
@@ -149,6 +139,64 @@ pub fn acquire_pipeline(
         "vars": { "free": { "$lte": [held_until_millis(), now_millis()] } },
         "in": decide,
     } } }]
+}
+
+/// The fields an acquisition writes: the holder, its claim, its lease from
+/// the server's now, the Python package's view of it, and, through
+/// `on_new(field, value)`, the times and the fencing `token` of a new
+/// acquisition (a re-entry keeps the old ones).
+fn taken(
+    owner: &str,
+    claim: &str,
+    lease_millis: i64,
+    on_new: impl Fn(&str, Bson) -> Bson,
+    token: Bson,
+) -> Document {
+    let expires = doc! { "$add": ["$$NOW", lease_millis] };
+    doc! {
+        OWNER: { "$literal": owner },
+        CLAIM: { "$literal": claim },
+        ACQUIRED_AT: on_new(ACQUIRED_AT, "$$NOW".into()),
+        EXPIRES_AT: &expires,
+        TOKEN: on_new(TOKEN, token),
+        PY_LOCKED: true,
+        PY_EXPIRE: &expires,
+        PY_CREATED: on_new(PY_CREATED, "$$NOW".into()),
+    }
+}
+
+/// The quick take of an uncontended lock: an `update` (no upsert, nothing
+/// returned) whose filter ([`quick_filter`]) matches only a lock that is
+/// free without asking any clock, and whose one `$set` stage takes it with
+/// the fencing token `token`, proposed by the client. It matched (the
+/// reply's `n` is 1) exactly when it took the lock: `n` is defined alike
+/// on every server, unlike whether a write that changes nothing counts as
+/// modified.
+///
+/// What it spares, on the path most acquisitions take: the `findAndModify`
+/// and the document it sends back, and every expression of the acquire
+/// pipeline (its filter holds no `$expr`). A refused quick take (the lock
+/// held, expired but not released, queued, under a minimum hold, the
+/// document gone, or the token not above the last) is followed by the
+/// acquire pipeline, which decides by the server's clock.
+pub fn quick_take(owner: &str, claim: &str, lease_millis: i64, token: i64) -> Vec<Document> {
+    vec![doc! { "$set": taken(owner, claim, lease_millis, |_, new| new, token.into()) }]
+}
+
+/// The filter of [`quick_take`]: the lock `key` was released and nothing
+/// holds it (no `owner`, the Python package's `locked` false: a release
+/// with a minimum hold still running keeps `locked`), nobody queues, and
+/// its fencing token is below `token` (or it has none, after the Python
+/// package replaced the document), so tokens only grow. Plain query
+/// operators, no `$expr`: a server matches it with its index on `_id`.
+pub fn quick_filter(key: &str, token: i64) -> Document {
+    doc! {
+        "_id": key,
+        OWNER: null_bson(),
+        PY_LOCKED: false,
+        format!("{QUEUE}.0"): { "$exists": false },
+        TOKEN: { "$not": { "$gte": token } },
+    }
 }
 
 /// [`acquire_pipeline`] for a [`TickClaim`]: no queue, no re-entry.

@@ -155,7 +155,7 @@ fn live_entries() -> Document {
 mod acquire;
 mod release;
 
-pub use acquire::{acquire_pipeline, Queueing, TickClaim};
+pub use acquire::{acquire_pipeline, quick_filter, quick_take, Queueing, TickClaim};
 pub use release::release_update;
 pub(crate) use release::{leave_queue, queued_as, touch_pipeline, without_queue, HandOver};
 
