@@ -148,3 +148,38 @@ async fn a_python_release_wakes_our_queued_waiter_by_its_change_event() {
     );
     assert!(guard.release().await.unwrap());
 }
+
+/// The Python package replaces the whole document when it takes and when
+/// it releases a lock, so our fencing token is gone after it held the key.
+/// The next token of ours still grows: the server's clock stamps it (epoch
+/// ms x 1000), whether the pipeline takes the lock or the quick take of a
+/// process that saw the key before proposes it.
+#[tokio::test]
+async fn tokens_keep_growing_after_the_python_package_held_the_key() {
+    let coll = fresh_collection("python_tokens").await;
+    let lock = MongoLock::with_collection(coll.clone());
+    // Another process checks that the Python holder keeps ours out, so
+    // `lock` never finds the key taken and takes it quickly each round.
+    let other = MongoLock::with_collection(coll);
+    let py = PythonPeer::new(&lock);
+    let mut tokens = Vec::new();
+    for round in 0..3 {
+        let guard = lock.acquire("job").await.unwrap();
+        tokens.push(guard.token());
+        assert!(guard.release().await.unwrap());
+        assert!(py.lock("job", "py-worker", Some(60)), "round {round}");
+        assert!(matches!(
+            other.acquire("job").await,
+            Err(mongolock::Error::Locked { .. })
+        ));
+        py.release("job", "py-worker");
+        let doc = lock.get_lock_info("job").await.unwrap().unwrap();
+        assert_eq!(doc.token, 0, "the package's release dropped our token");
+    }
+    let last = lock.acquire("job").await.unwrap();
+    tokens.push(last.token());
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens in the order of acquisition: {tokens:?}"
+    );
+}

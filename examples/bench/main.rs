@@ -101,14 +101,28 @@ async fn lock_round_trip(bench: &Bench) -> Result<Duration> {
     Ok(percentile(&mut samples, 0.5))
 }
 
+/// A fencing token for a quick take by hand: this machine's clock in
+/// microseconds, less 5 ms (the bench's server runs on this machine, or
+/// within a few milliseconds of it; a refused take is reported).
+fn quick_token() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX) - 5_000
+}
+
 /// Row 1: acquire + release against the same two raw driver operations.
 async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
     const ROUNDS: usize = 300;
     let lock = bench.lock("uncontended").await?;
     let coll = lock.collection().clone();
     let lease = 60_000;
-    // Warm up both paths (the TTL index, connections).
+    // Warm up both paths (the TTL index, connections), and leave a
+    // released document for each key the raw writes take.
     lock.acquire("warm").await?.release().await?;
+    for i in 0..10 {
+        lock.acquire(format!("raw{i}")).await?.release().await?;
+    }
     let (mut ours, mut raw_times) = (Vec::new(), Vec::new());
     for i in 0..ROUNDS {
         // Interleaved, so drift in the server's speed hits both alike.
@@ -121,24 +135,23 @@ async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
         guard.release().await?;
         ours.push(start.elapsed());
 
+        // The same two writes by hand, on keys of their own: the quick
+        // take (its token from this machine's clock, which is the
+        // server's here) and the release.
+        let key = format!("raw{}", i % 10);
         let owner = mongolock::unique_owner();
         let start = Instant::now();
-        let fair = Some(raw::Queueing {
-            tag: "raw",
-            expiry_millis: 15_000,
-            join: false,
-            expect_none: true,
-        });
-        let taken = coll
-            .find_one_and_update(
-                raw::by_key(&key),
-                raw::acquire_pipeline(&owner, "raw", lease as i64, fair, None),
+        let token = quick_token();
+        let took = coll
+            .update_one(
+                raw::quick_filter(&key, token),
+                raw::quick_take(&owner, "raw", lease as i64, token),
             )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await?
-            .and_then(|d| d.get_i64("token").ok());
-        let mut filter = raw::by_holder(&key, &owner, taken);
+            .await?;
+        if took.matched_count != 1 {
+            return Err(format!("the raw quick take of {key} was refused").into());
+        }
+        let mut filter = raw::by_holder(&key, &owner, Some(token));
         filter.insert("queue.0", doc! { "$exists": false });
         coll.update_one(filter, raw::release_update(0, "raw", false))
             .await?;
@@ -276,7 +289,7 @@ async fn write_costs(bench: &Bench) -> Result<Vec<(&'static str, Duration)>> {
         expect_none: true,
         ..q
     });
-    let kinds: [&'static str; 9] = [
+    let kinds: [&'static str; 10] = [
         "plain upsert ($set, $currentDate)",
         "plain update by owner ($set, $unset)",
         "poller's acquire (1 stage, 2 fields)",
@@ -284,6 +297,7 @@ async fn write_costs(bench: &Bench) -> Result<Vec<(&'static str, Duration)>> {
         "unfair acquire pipeline",
         "fair acquire pipeline, no queue",
         "fair acquire, light pipeline (key not seen contended)",
+        "fair acquire, quick take (key seen, not contended)",
         "fair release, no queue (operator update)",
         "hand-over release pipeline",
     ];
@@ -294,13 +308,22 @@ async fn write_costs(bench: &Bench) -> Result<Vec<(&'static str, Duration)>> {
             let owner = "o";
             // Every write starts from a lock of ours: free for the
             // acquisitions, held by "o" for the releases.
-            let held = matches!(kind, 1 | 3 | 7 | 8);
+            let held = matches!(kind, 1 | 3 | 8 | 9);
+            // A released lock has no owner (the quick take asks for that).
+            let (set, unset) = if held {
+                (doc! { "owner": owner }, doc! { "queue": "" })
+            } else {
+                (doc! {}, doc! { "queue": "", "owner": "" })
+            };
+            let mut set = set;
+            set.insert("locked", held);
+            set.insert("token", 1_i64);
             coll.update_one(
                 doc! { "_id": &key },
                 doc! {
                     "$currentDate": { "expires_at": true },
-                    "$set": { "locked": held, "token": 1_i64, "owner": owner },
-                    "$unset": { "queue": "" },
+                    "$set": set,
+                    "$unset": unset,
                 },
             )
             .upsert(true)
@@ -343,6 +366,14 @@ async fn write_costs(bench: &Bench) -> Result<Vec<(&'static str, Duration)>> {
                     .await?;
                 }
                 7 => {
+                    let token = quick_token();
+                    coll.update_one(
+                        raw::quick_filter(&key, token),
+                        raw::quick_take(owner, "c", lease, token),
+                    )
+                    .await?;
+                }
+                8 => {
                     let mut filter = raw::by_holder(&key, owner, None);
                     filter.insert("queue.0", doc! { "$exists": false });
                     coll.update_one(filter, raw::release_update(0, "r", false))

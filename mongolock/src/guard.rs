@@ -157,7 +157,10 @@ impl LockGuard {
         self.info.token
     }
 
-    /// When the lock was taken, by the server's clock.
+    /// When the lock was taken, by the server's clock. For a quick take
+    /// (an uncontended acquisition, whose reply carries no document) it is
+    /// this process's lower bound of the server's clock when the request
+    /// left, at most about a round trip before the server's own stamp.
     pub fn acquired_at(&self) -> Option<DateTime> {
         self.info.acquired_at
     }
@@ -166,7 +169,9 @@ impl LockGuard {
     /// the last successful [`touch`](Self::touch) (background renewals do
     /// not update it). For a lock a release handed over (see
     /// [`Acquire::fair`](crate::Acquire::fair)), that may be the end of a
-    /// shorter first lease, which the guard extends in the background.
+    /// shorter first lease, which the guard extends in the background. For
+    /// a quick take, it is [`acquired_at`](Self::acquired_at) plus the
+    /// lease: never later than the server's.
     pub fn expires_at(&self) -> DateTime {
         self.info.expires_at
     }
