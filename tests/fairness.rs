@@ -228,6 +228,40 @@ async fn an_uncontended_fair_acquisition_is_one_round_trip_and_opens_no_stream()
     );
 }
 
+/// Unfair acquisitions, `acquire().fair(false)` and the Python-shaped
+/// `lock(key, owner)`, take a key whose document this process has seen by
+/// the quick take too, and release it with one plain update.
+#[tokio::test]
+async fn unfair_uncontended_cycles_are_two_plain_updates_too() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("unfair_quick").await;
+    let (lock, commands) = Commands::lock(&coll).await;
+    lock.acquire("job")
+        .fair(false)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert!(lock.lock("shaped", "worker-1").await.unwrap());
+    assert!(lock.release("shaped", "worker-1").await.unwrap());
+    lock.ensure_ttl_index().await.unwrap();
+    commands.clear();
+    let guard = lock.acquire("job").fair(false).await.unwrap();
+    assert!(guard.release().await.unwrap());
+    assert!(lock.lock("shaped", "worker-1").await.unwrap());
+    assert!(lock.release("shaped", "worker-1").await.unwrap());
+    assert_eq!(commands.started(), ["update", "update", "update", "update"]);
+    // The Python-shaped lock re-enters its owner's lock: by the pipeline,
+    // the quick take being refused while it is held.
+    assert!(lock.lock("shaped", "worker-1").await.unwrap());
+    commands.clear();
+    assert!(lock.lock("shaped", "worker-1").await.unwrap());
+    assert_eq!(commands.started(), ["update", "findAndModify"]);
+}
+
 /// The quick take (a key whose document this process has seen, not seen
 /// contended) is refused by the server unless the lock is released, free
 /// and unqueued, and its token must grow: tokens grow in the order of

@@ -244,9 +244,9 @@ impl MongoLock {
         }
     }
 
-    /// The quick take (see [`query::quick_take`]), where it may succeed: a
-    /// fair attempt on a key not seen contended lately, whose document a
-    /// reply showed, with a fresh reading of the server's clock to propose
+    /// The quick take (see [`query::quick_take`]), where it may succeed: an
+    /// attempt (fair or not, not a tick's claim) on a key not seen contended
+    /// lately, whose document a reply showed, with a fresh reading of the server's clock to propose
     /// the fencing token from. Unless it took the lock, the caller's
     /// pipeline attempt follows.
     ///
@@ -258,7 +258,7 @@ impl MongoLock {
     async fn quick(&self, req: &Request, queueing: Option<&query::Queueing<'_>>) -> Result<Quick> {
         let worth_trying = self.memory().is_none()
             && req.tick.is_none()
-            && queueing.is_some_and(|q| q.expect_none)
+            && queueing.map_or(!self.contention().lately(&req.key), |q| q.expect_none)
             && self.contention().known(&req.key);
         let Some(token) = worth_trying
             .then(|| self.server_clock().floor_micros())

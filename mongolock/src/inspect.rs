@@ -27,6 +27,31 @@ impl MongoLock {
         found.as_ref().map(LockInfo::from_document).transpose()
     }
 
+    /// The lock document for `key` if a lease on it is running, judged by
+    /// the server's clock: one read, so the holder it shows is the one whose
+    /// lease runs.
+    pub(crate) async fn held_info(&self, key: &str) -> Result<Option<LockInfo>> {
+        validate::key(key)?;
+        if let Some(memory) = self.memory() {
+            if !memory.is_held(key) {
+                return Ok(None);
+            }
+            return memory
+                .find(key)
+                .as_ref()
+                .map(LockInfo::from_document)
+                .transpose();
+        }
+        let mut filter = query::by_key(key);
+        filter.insert("$expr", query::held_expr());
+        let found = self
+            .bounded(key, self.operation_timeout(), async {
+                Ok(self.collection().find_one(filter).await?)
+            })
+            .await?;
+        found.as_ref().map(LockInfo::from_document).transpose()
+    }
+
     /// Whether a lease on `key` is running, judged by the server's clock.
     pub async fn is_locked(&self, key: &str) -> Result<bool> {
         validate::key(key)?;

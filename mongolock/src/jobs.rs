@@ -458,10 +458,7 @@ impl Job {
         let lock = &self.lock;
         let limit = i64::try_from(runs).unwrap_or(i64::MAX);
         let mut records = lock.run_records(&self.key, limit).await?;
-        let holder = match lock.get_lock_info(&self.key).await? {
-            Some(info) if lock.is_locked(&self.key).await? => Some(info),
-            _ => None,
-        };
+        let holder = lock.held_info(&self.key).await?;
         for record in &mut records {
             let holds = holder.as_ref().is_some_and(|h| h.token == record.token);
             if record.outcome == RunOutcome::Running && !holds {

@@ -75,9 +75,11 @@ impl MongoLock {
                 )
                 .return_document(mongodb::options::ReturnDocument::After)
         };
-        if hand_over == HandOver::ToHeadIfQueued && min_hold_millis <= 0 {
+        if hand_over != HandOver::ToHead && min_hold_millis <= 0 {
             // No queue means nothing to hand over and no head to name: the
             // plain update, which returns no document, says all there is.
+            // (With a queue, an unfair release, which leaves the lock free,
+            // still needs the queue's head, to wake it if it is here.)
             let plain = self.collection().update_one(
                 query::without_queue(filter.clone()),
                 query::release_update(0, local.id(), false),

@@ -25,7 +25,10 @@ pub(crate) fn leave_queue(claim: &str, release_id: &str) -> Document {
 /// Whether and how a release hands the lock over to the queue's head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HandOver {
-    /// Leave the lock free: an unfair release, `release(key, owner)`.
+    /// Leave the lock free: an unfair release, `release(key, owner)`. First
+    /// the plain operator release while there is no queue, as for
+    /// [`HandOver::ToHeadIfQueued`]; with a queue, the release that
+    /// returns it (to wake its head if it is in this process).
     Never,
     /// A fair release, by the hand-over pipeline ([`release_update`]).
     ToHead,
