@@ -11,44 +11,36 @@ use crate::validate;
 impl MongoLock {
     /// The lock document for `key`, if there is one, as the server wrote it.
     pub async fn get_lock_info(&self, key: &str) -> Result<Option<LockInfo>> {
-        validate::key(key)?;
-        if let Some(memory) = self.memory() {
-            return memory
-                .find(key)
-                .as_ref()
-                .map(LockInfo::from_document)
-                .transpose();
-        }
-        let found = self
-            .bounded(key, self.operation_timeout(), async {
-                Ok(self.collection().find_one(query::by_key(key)).await?)
-            })
-            .await?;
-        found.as_ref().map(LockInfo::from_document).transpose()
+        self.read_lock(key, false).await
     }
 
     /// The lock document for `key` if a lease on it is running, judged by
     /// the server's clock: one read, so the holder it shows is the one whose
     /// lease runs.
     pub(crate) async fn held_info(&self, key: &str) -> Result<Option<LockInfo>> {
+        self.read_lock(key, true).await
+    }
+
+    /// The lock document for `key`; with `held`, only while a lease on it
+    /// is running by the server's clock.
+    async fn read_lock(&self, key: &str, held: bool) -> Result<Option<LockInfo>> {
         validate::key(key)?;
-        if let Some(memory) = self.memory() {
-            if !memory.is_held(key) {
-                return Ok(None);
+        let found = match self.memory() {
+            Some(memory) => (!held || memory.is_held(key))
+                .then(|| memory.find(key))
+                .flatten(),
+            None => {
+                let filter = if held {
+                    query::held_by_key(key)
+                } else {
+                    query::by_key(key)
+                };
+                self.bounded(key, self.operation_timeout(), async {
+                    Ok(self.collection().find_one(filter).await?)
+                })
+                .await?
             }
-            return memory
-                .find(key)
-                .as_ref()
-                .map(LockInfo::from_document)
-                .transpose();
-        }
-        let mut filter = query::by_key(key);
-        filter.insert("$expr", query::held_expr());
-        let found = self
-            .bounded(key, self.operation_timeout(), async {
-                Ok(self.collection().find_one(filter).await?)
-            })
-            .await?;
+        };
         found.as_ref().map(LockInfo::from_document).transpose()
     }
 
@@ -58,8 +50,7 @@ impl MongoLock {
         if let Some(memory) = self.memory() {
             return Ok(memory.is_held(key));
         }
-        let mut filter = query::by_key(key);
-        filter.insert("$expr", query::held_expr());
+        let filter = query::held_by_key(key);
         let count = self
             .bounded(key, self.operation_timeout(), async {
                 Ok(self.collection().count_documents(filter).await?)
@@ -97,8 +88,7 @@ impl MongoLock {
     /// carries on as after any release.
     pub async fn force_release(&self, key: &str) -> Result<bool> {
         validate::key(key)?;
-        let mut filter = query::by_key(key);
-        filter.insert("$expr", query::held_expr());
+        let filter = query::held_by_key(key);
         let released = self.release_where(key, filter, 0, HandOver::Never).await?;
         tracing::info!(key, released, "mongolock force_release");
         Ok(released)

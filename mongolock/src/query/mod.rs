@@ -116,6 +116,11 @@ pub fn by_key(key: &str) -> Document {
     doc! { "_id": key }
 }
 
+/// Filter for `key`'s lock while a lease on it runs by the server's clock.
+pub(crate) fn held_by_key(key: &str) -> Document {
+    doc! { "_id": key, "$expr": held_expr() }
+}
+
 /// Filter for a lock held by `owner`, and, for a guard, by that very
 /// acquisition (`token`), so a stale guard whose owner name was reused cannot
 /// touch the new holder's lock.
