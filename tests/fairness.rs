@@ -228,6 +228,52 @@ async fn an_uncontended_fair_acquisition_is_one_round_trip_and_opens_no_stream()
     );
 }
 
+/// Fair waiters that keep coming hand the lock from one to the next and
+/// never leave it free; an unfair waiter among them joins the line once it
+/// has waited a queue expiry, and gets the lock while they still run.
+#[tokio::test]
+async fn an_unfair_waiter_joins_the_line_after_a_queue_expiry_and_does_not_starve() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let coll = mongolock_suite::fresh_collection("fifo_aging").await;
+    let expiry = Duration::from_secs(1);
+    let make = || {
+        MongoLock::with_collection(coll.clone())
+            .with_queue_expiry(expiry)
+            .unwrap()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut fair = Vec::new();
+    for _ in 0..2 {
+        let (lock, mut stop) = (make(), stop_rx.clone());
+        fair.push(tokio::spawn(async move {
+            let mut taken = 0_u32;
+            while !*stop.borrow() {
+                let guard = lock.acquire("job").timeout(WAIT).await.unwrap();
+                taken += 1;
+                // Hold a little, so the other one is always queued.
+                let _ = tokio::time::timeout(Duration::from_millis(20), stop.changed()).await;
+                guard.release().await.unwrap();
+            }
+            taken
+        }));
+    }
+    // The unfair waiter arrives while they hand the lock back and forth.
+    let unfair = make();
+    let guard = unfair
+        .acquire("job")
+        .fair(false)
+        .timeout(Duration::from_secs(30))
+        .await
+        .expect("the unfair waiter got the lock while fair ones kept queueing");
+    assert!(guard.release().await.unwrap());
+    stop_tx.send(true).unwrap();
+    for worker in fair {
+        assert!(worker.await.unwrap() > 0);
+    }
+}
+
 /// Unfair acquisitions, `acquire().fair(false)` and the Python-shaped
 /// `lock(key, owner)`, take a key whose document this process has seen by
 /// the quick take too, and release it with one plain update.

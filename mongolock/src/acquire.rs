@@ -149,6 +149,10 @@ impl Acquire {
     ///
     /// Unfair acquisitions (`fair(false)`, and [`MongoLock::lock`](crate::MongoLock::lock)) ignore
     /// the queue: they take a lock that is free, ahead of queued waiters.
+    /// Fair waiters that keep queueing hand the lock from one to the next
+    /// and never leave it free, so an unfair `acquire()` that has waited a
+    /// whole queue expiry joins the queue's end rather than starve (its
+    /// release still leaves the lock free, as unfair releases do).
     pub fn fair(mut self, fair: bool) -> Self {
         self.fair = Some(fair);
         self

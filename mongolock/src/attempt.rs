@@ -85,6 +85,7 @@ impl Place {
 }
 
 /// A validated request to take a lock.
+#[derive(Debug, Clone)]
 pub(crate) struct Request {
     pub(crate) key: String,
     pub(crate) owner: String,

@@ -77,6 +77,10 @@ impl MongoLock {
         };
         let claim = req.fair.then_some(req.claim.as_str());
         let interest = self.wakeups().subscribe(&req.key, claim);
+        // An unfair waiter that has waited a queue expiry joins the line
+        // (see `aged`): from then on it asks as this request.
+        let mut aged: Option<Request> = None;
+        let began = Instant::now();
         // From the first attempt on, a fair waiter may be in the queue, even
         // when that attempt's reply is lost.
         orphan.queued = req.fair;
@@ -93,8 +97,9 @@ impl MongoLock {
         loop {
             let mut woken = std::pin::pin!(interest.notified());
             woken.as_mut().enable();
+            let asking = aged.as_ref().unwrap_or(req);
             if let Some(info) = interest.take_handed_over() {
-                if let Some(acquired) = self.handed_over(req, info, anchor, newest_token) {
+                if let Some(acquired) = self.handed_over(asking, info, anchor, newest_token) {
                     return Ok(acquired);
                 }
             }
@@ -102,7 +107,7 @@ impl MongoLock {
             let cutoff = deadline.max(start + LAST_ATTEMPT_GRACE).min(start + single);
             orphan.armed = true;
             orphan.lingering = true;
-            let attempt = match tokio::time::timeout_at(cutoff, self.attempt(req)).await {
+            let attempt = match tokio::time::timeout_at(cutoff, self.attempt(asking)).await {
                 Ok(result) => result,
                 Err(_) => Err(self.timed_out(&req.key, timeout, last_error.take())),
             };
@@ -130,6 +135,17 @@ impl MongoLock {
                         return Ok(Attempt::Busy(holder, place));
                     }
                     self.wakeups().watch(self.collection());
+                    if aged.is_none() && self.ages(req, now.saturating_duration_since(began)) {
+                        tracing::debug!(key = %req.key, "mongolock unfair waiter joins the line");
+                        interest.queue_as(&req.claim);
+                        orphan.queued = true;
+                        aged = Some(Request {
+                            fair: true,
+                            ..req.clone()
+                        });
+                        // It asks again at once, to join.
+                        continue;
+                    }
                     (holder, place)
                 }
                 Err(error) if error.is_transient() && now < deadline => {
@@ -159,7 +175,12 @@ impl MongoLock {
             let wake_at = self
                 .next_wake(&holder, &mut polls, &mut late, now, deadline)
                 .await;
-            let wake_at = self.queued_wake(&place, wake_at, now).min(deadline);
+            let mut wake_at = self.queued_wake(&place, wake_at, now).min(deadline);
+            if aged.is_none() && self.ages(req, self.queue_expiry()) {
+                // Releases that hand the lock over wake nobody here: the
+                // unfair waiter wakes to join the line in time.
+                wake_at = wake_at.min(began + self.queue_expiry());
+            }
             tracing::trace!(key = %req.key, wait = ?wake_at.saturating_duration_since(now), "mongolock waiting");
             tokio::select! {
                 _ = tokio::time::sleep_until(wake_at) => {}
@@ -209,6 +230,16 @@ impl MongoLock {
             handed: true,
             queued: true,
         })
+    }
+
+    /// Whether an unfair waiter (`fair(false)`) that has waited `waited`
+    /// joins the queue: once it has waited a whole queue expiry. A lock
+    /// whose fair waiters keep queueing is handed from one to the next and
+    /// never left free, so an unfair waiter would otherwise wait for as long
+    /// as they keep coming. Only an acquisition with a claim can queue (not
+    /// `lock(key, owner)`, not a scheduled run's tick claim).
+    fn ages(&self, req: &Request, waited: Duration) -> bool {
+        !req.fair && !req.claim.is_empty() && req.tick.is_none() && waited >= self.queue_expiry()
     }
 
     /// When to try again after finding `holder` in the way.

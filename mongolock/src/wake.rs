@@ -138,13 +138,23 @@ impl Interest {
     /// The lock as a release handed it over to this waiter, if one did
     /// since the last call.
     pub(crate) fn take_handed_over(&self) -> Option<LockInfo> {
+        self.with_waiter(|w| w.handed_over.take()).flatten()
+    }
+
+    /// This waiter now queues, as `claim`: releases that hand the lock to
+    /// that claim hand it to this waiter.
+    pub(crate) fn queue_as(&self, claim: &str) {
+        self.with_waiter(|w| w.claim = Some(claim.to_owned()));
+    }
+
+    fn with_waiter<T>(&self, f: impl FnOnce(&mut Waiter) -> T) -> Option<T> {
         let mut keys = self.wakeups.keys();
-        keys.get_mut(&self.key)?
+        let waiter = keys
+            .get_mut(&self.key)?
             .waiters
             .iter_mut()
-            .find(|w| w.id == self.id)?
-            .handed_over
-            .take()
+            .find(|w| w.id == self.id)?;
+        Some(f(waiter))
     }
 }
 
