@@ -78,7 +78,7 @@ impl MongoLock {
         let claim = req.fair.then_some(req.claim.as_str());
         let interest = self.wakeups().subscribe(&req.key, claim);
         // An unfair waiter that has waited a queue expiry joins the line
-        // (see `aged`): from then on it asks as this request.
+        // (see `queues_late`): from then on it asks as this request.
         let mut aged: Option<Request> = None;
         let began = Instant::now();
         // From the first attempt on, a fair waiter may be in the queue, even
@@ -135,7 +135,8 @@ impl MongoLock {
                         return Ok(Attempt::Busy(holder, place));
                     }
                     self.wakeups().watch(self.collection());
-                    if aged.is_none() && self.ages(req, now.saturating_duration_since(began)) {
+                    let joins = now.saturating_duration_since(began) >= self.queue_expiry();
+                    if aged.is_none() && queues_late(req) && joins {
                         tracing::debug!(key = %req.key, "mongolock unfair waiter joins the line");
                         interest.queue_as(&req.claim);
                         orphan.queued = true;
@@ -176,7 +177,7 @@ impl MongoLock {
                 .next_wake(&holder, &mut polls, &mut late, now, deadline)
                 .await;
             let mut wake_at = self.queued_wake(&place, wake_at, now).min(deadline);
-            if aged.is_none() && self.ages(req, self.queue_expiry()) {
+            if aged.is_none() && queues_late(req) {
                 // Releases that hand the lock over wake nobody here: the
                 // unfair waiter wakes to join the line in time.
                 wake_at = wake_at.min(began + self.queue_expiry());
@@ -230,16 +231,6 @@ impl MongoLock {
             handed: true,
             queued: true,
         })
-    }
-
-    /// Whether an unfair waiter (`fair(false)`) that has waited `waited`
-    /// joins the queue: once it has waited a whole queue expiry. A lock
-    /// whose fair waiters keep queueing is handed from one to the next and
-    /// never left free, so an unfair waiter would otherwise wait for as long
-    /// as they keep coming. Only an acquisition with a claim can queue (not
-    /// `lock(key, owner)`, not a scheduled run's tick claim).
-    fn ages(&self, req: &Request, waited: Duration) -> bool {
-        !req.fair && !req.claim.is_empty() && req.tick.is_none() && waited >= self.queue_expiry()
     }
 
     /// When to try again after finding `holder` in the way.
@@ -344,6 +335,16 @@ impl Drop for Orphan<'_> {
             );
         }
     }
+}
+
+/// Whether `req` is an unfair waiter (`fair(false)`) that joins the queue
+/// once it has waited a whole queue expiry. A lock whose fair waiters keep
+/// queueing is handed from one to the next and never left free, so an
+/// unfair waiter would otherwise wait for as long as they keep coming. Only
+/// an acquisition with a claim can queue (not `lock(key, owner)`, not a
+/// scheduled run's tick claim).
+fn queues_late(req: &Request) -> bool {
+    !req.fair && !req.claim.is_empty() && req.tick.is_none()
 }
 
 fn log_outcome(req: &Request, attempt: &Attempt) {
