@@ -1,7 +1,8 @@
 //! The runtime crate's shape, checked so it stays easy to enter: its modules
 //! import each other without a circle (a module that adds methods to
 //! `MongoLock` imports it; `MongoLock` never imports such a module back),
-//! and no source file grows past [`MAX_LINES`].
+//! and no source file grows past [`MAX_LINES`] (one concept a file, about
+//! 400 lines at most).
 //!
 //! The test reads the source: every `crate::<module>` outside comments and
 //! test modules is an edge from the file's top-level module to that module.
@@ -10,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// A file longer than this holds more than one concept: split it.
-const MAX_LINES: usize = 500;
+const MAX_LINES: usize = 450;
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use mongodb::bson::Document;
 use mongodb::Collection;
-use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 
+mod interest;
+mod local_release;
 mod stream;
 
+pub(crate) use interest::Interest;
+pub(crate) use local_release::LocalRelease;
 pub use stream::release_events;
 use stream::StreamTask;
 
@@ -113,60 +116,6 @@ impl Head {
             process: entry.get_str(PROCESS).ok()?.to_owned(),
             waiter: entry.get_str(WAITER).ok()?.to_owned(),
         })
-    }
-}
-
-/// A waiter's registration for one key.
-pub(crate) struct Interest {
-    wakeups: Arc<Wakeups>,
-    key: String,
-    id: u64,
-    notify: Arc<Notify>,
-}
-
-impl Interest {
-    /// A wake-up for this waiter. Enable it before the attempt whose
-    /// failure leads to a sleep, so that a release in between is not missed.
-    ///
-    /// A release wakes at most one waiter of this `MongoLock`: the queue's
-    /// head if it is here, else (no queue) the oldest waiter. One retry is
-    /// enough to take a free lock; the rest would only load the server.
-    pub(crate) fn notified(&self) -> Notified<'_> {
-        self.notify.notified()
-    }
-
-    /// The lock as a release handed it over to this waiter, if one did
-    /// since the last call.
-    pub(crate) fn take_handed_over(&self) -> Option<LockInfo> {
-        self.with_waiter(|w| w.handed_over.take()).flatten()
-    }
-
-    /// This waiter now queues, as `claim`: releases that hand the lock to
-    /// that claim hand it to this waiter.
-    pub(crate) fn queue_as(&self, claim: &str) {
-        self.with_waiter(|w| w.claim = Some(claim.to_owned()));
-    }
-
-    fn with_waiter<T>(&self, f: impl FnOnce(&mut Waiter) -> T) -> Option<T> {
-        let mut keys = self.wakeups.keys();
-        let waiter = keys
-            .get_mut(&self.key)?
-            .waiters
-            .iter_mut()
-            .find(|w| w.id == self.id)?;
-        Some(f(waiter))
-    }
-}
-
-impl Drop for Interest {
-    fn drop(&mut self) {
-        let mut keys = self.wakeups.keys();
-        if let Some(waiters) = keys.get_mut(&self.key) {
-            waiters.waiters.retain(|w| w.id != self.id);
-            if waiters.waiters.is_empty() {
-                keys.remove(&self.key);
-            }
-        }
     }
 }
 
@@ -413,79 +362,6 @@ impl Drop for TaskAlive {
             if wakeups.status.load(Ordering::Acquire) != UNAVAILABLE {
                 wakeups.set_status(NOT_STARTED);
             }
-        }
-    }
-}
-
-/// A release by this `MongoLock` under way; see
-/// [`Wakeups::releasing_here`].
-pub(crate) struct LocalRelease<'a> {
-    wakeups: &'a Wakeups,
-    key: String,
-    id: String,
-    expected: bool,
-}
-
-impl LocalRelease<'_> {
-    /// The id the release writes into the lock document.
-    pub(crate) fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The release took effect, leaving `doc` (the reply of
-    /// [`crate::query::release_update`]): hand the lock over or wake the
-    /// waiter here whose turn it is, if any.
-    pub(crate) fn released_here(mut self, doc: &Document) {
-        if self.expected {
-            let mut keys = self.wakeups.keys();
-            if let Some(waiters) = keys.get_mut(&self.key) {
-                let mine = waiters
-                    .own_releases
-                    .iter()
-                    .position(|(id, _)| *id == self.id);
-                match mine.map(|at| (at, &waiters.own_releases[at].1)) {
-                    Some((at, Own::EventFirst(..))) => {
-                        waiters.own_releases.remove(at);
-                    }
-                    Some((at, _)) => waiters.own_releases[at].1 = Own::Replied,
-                    None => {}
-                }
-            }
-        }
-        self.expected = false;
-        self.wakeups
-            .released(&self.key, doc.get_str(RELEASE_ID).ok(), Some(doc));
-    }
-}
-
-impl Drop for LocalRelease<'_> {
-    /// The release did not take effect, or its reply was lost: its event,
-    /// if one came already, is delivered now; one that comes later is
-    /// delivered as any event is.
-    fn drop(&mut self) {
-        if !self.expected {
-            return;
-        }
-        let held = {
-            let mut keys = self.wakeups.keys();
-            let Some(waiters) = keys.get_mut(&self.key) else {
-                return;
-            };
-            let Some(at) = waiters
-                .own_releases
-                .iter()
-                .position(|(id, _)| *id == self.id)
-            else {
-                return;
-            };
-            match waiters.own_releases.remove(at) {
-                Some((_, Own::EventFirst(id, doc))) => Some((id, doc)),
-                _ => None,
-            }
-        };
-        if let Some((id, doc)) = held {
-            self.wakeups
-                .released(&self.key, id.as_deref(), doc.as_ref());
         }
     }
 }
