@@ -9,8 +9,11 @@
 //!   acquisition, and a [`LockGuard`] checks its fencing token on every write,
 //!   so one worker can never release or renew another's lock.
 //! - **Clock drift.** Every expiry decision is made by the server with
-//!   `$$NOW`, in one atomic `findOneAndUpdate`; no client clock is read. The
-//!   lease starts when the lock is taken, not when the wait began.
+//!   `$$NOW`, in one atomic write on the lock's document; no client clock
+//!   decides anything (an uncontended acquisition proposes its fencing
+//!   token from this process's estimate of the server's clock, and the
+//!   server takes it only if it grows). The lease starts when the lock is
+//!   taken, not when the wait began.
 //!
 //! Every acquisition also gets a **fencing token** that only ever grows for a
 //! key, across releases, expiries and cleanup of the lock document, and
