@@ -308,6 +308,20 @@ async fn unfair_uncontended_cycles_are_two_plain_updates_too() {
     assert_eq!(commands.started(), ["update", "findAndModify"]);
 }
 
+/// Puts a waiter of another process at the head of `key`'s queue, its
+/// entry live for a minute.
+async fn another_process_heads_the_queue(coll: &Collection<Document>, key: &str) {
+    let in_a_minute = DateTime::from_millis(DateTime::now().timestamp_millis() + 60_000);
+    coll.update_one(
+        doc! { "_id": key },
+        doc! { "$set": { "queue": [
+            { "w": "elsewhere", "p": "other-process", "exp": in_a_minute, "o": "them", "l": 60_000_i64 },
+        ] } },
+    )
+    .await
+    .unwrap();
+}
+
 /// The quick take (a key whose document this process has seen, not seen
 /// contended) is refused by the server unless the lock is released, free
 /// and unqueued, and its token must grow: tokens grow in the order of
@@ -386,15 +400,7 @@ async fn the_quick_take_keeps_tokens_growing_and_passes_no_holder_or_queue() {
     after_python.release().await.unwrap();
     // A queue entry of another process's waiter: the quick take is
     // refused, and the pipeline lets the head go first.
-    let in_a_minute = DateTime::from_millis(DateTime::now().timestamp_millis() + 60_000);
-    coll.update_one(
-        doc! { "_id": "job" },
-        doc! { "$set": { "queue": [
-            { "w": "elsewhere", "p": "other-process", "exp": in_a_minute, "o": "them", "l": 60_000_i64 },
-        ] } },
-    )
-    .await
-    .unwrap();
+    another_process_heads_the_queue(&coll, "job").await;
     commands.clear();
     assert!(matches!(
         lock.acquire("job").await,
@@ -442,17 +448,7 @@ async fn a_process_that_never_saw_contention_still_respects_a_queue() {
     let lock = MongoLock::with_collection(coll.clone());
     lock.acquire("job").await.unwrap().release().await.unwrap();
     // Another process's waiter heads the queue of the free lock.
-    let in_a_minute = mongodb::bson::DateTime::from_millis(
-        mongodb::bson::DateTime::now().timestamp_millis() + 60_000,
-    );
-    coll.update_one(
-        doc! { "_id": "job" },
-        doc! { "$set": { "queue": [
-            { "w": "elsewhere", "p": "other-process", "exp": in_a_minute, "o": "them", "l": 60_000_i64 },
-        ] } },
-    )
-    .await
-    .unwrap();
+    another_process_heads_the_queue(&coll, "job").await;
     let before = coll.find_one(doc! { "_id": "job" }).await.unwrap().unwrap();
     let fresh = MongoLock::with_collection(coll.clone());
     assert!(matches!(

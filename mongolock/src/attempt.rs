@@ -142,14 +142,16 @@ impl MongoLock {
                 retry_abandoned: *retry,
             });
         let fair = req.fair && !req.claim.is_empty() && tick.is_none();
+        // A key not seen contended lately most likely has no queue, and is
+        // most likely free.
+        let calm = !self.contention().lately(&req.key);
         let mut queueing = fair.then(|| query::Queueing {
             tag: self.wakeups().tag(),
             expiry_millis: self.queue_expiry_millis(),
             join: req.timeout.is_some(),
-            // A key not seen contended lately most likely has no queue.
-            expect_none: !self.contention().lately(&req.key),
+            expect_none: calm,
         });
-        match self.quick(req, queueing.as_ref()).await? {
+        match self.quick(req, calm).await? {
             Quick::NotTried => {}
             Quick::Took(acquired) => return Ok(*acquired),
             // Taken, queued, expired but not released, or the token too low:
@@ -247,19 +249,19 @@ impl MongoLock {
 
     /// The quick take (see [`query::quick_take`]), where it may succeed: an
     /// attempt (fair or not, not a tick's claim) on a key not seen contended
-    /// lately, whose document a reply showed, with a fresh reading of the server's clock to propose
-    /// the fencing token from. Unless it took the lock, the caller's
-    /// pipeline attempt follows.
+    /// lately (`calm`), whose document a reply showed, with a fresh reading
+    /// of the server's clock to propose the fencing token from. Unless it
+    /// took the lock, the caller's pipeline attempt follows.
     ///
     /// The lease is counted as every lease is (see
     /// [`Anchor::believed_until`]): from when the request left, with the
     /// token's instant as the server's reading. That instant is at or before
     /// the server's grant, which the span from it to `at + lease` therefore
     /// never overstates.
-    async fn quick(&self, req: &Request, queueing: Option<&query::Queueing<'_>>) -> Result<Quick> {
+    async fn quick(&self, req: &Request, calm: bool) -> Result<Quick> {
         let worth_trying = self.memory().is_none()
             && req.tick.is_none()
-            && queueing.map_or(!self.contention().lately(&req.key), |q| q.expect_none)
+            && calm
             && self.contention().known(&req.key);
         let Some(token) = worth_trying
             .then(|| self.server_clock().floor_micros())

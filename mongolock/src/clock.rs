@@ -49,11 +49,16 @@ impl Probe {
     }
 }
 
-fn wall_millis(t: SystemTime) -> i64 {
+fn wall_micros(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
     }
+}
+
+fn wall_millis(t: SystemTime) -> i64 {
+    // Truncated toward zero, as whole milliseconds of the span from the epoch.
+    wall_micros(t) / 1000
 }
 
 impl ServerClock {
@@ -118,10 +123,7 @@ impl ServerClock {
     /// [`crate::query::quick_take`]): the server decides whether it grows.
     pub(crate) fn floor_micros(&self) -> Option<i64> {
         let sample = self.fresh()?;
-        let local = match SystemTime::now().duration_since(UNIX_EPOCH) {
-            Ok(d) => i64::try_from(d.as_micros()).ok()?,
-            Err(_) => return None,
-        };
+        let local = wall_micros(SystemTime::now());
         let half_rtt = i64::try_from((sample.rtt / 2).as_micros()).ok()?;
         Some(
             local
