@@ -578,6 +578,18 @@ pub async fn rows(env: &Env) -> Result<()> {
         ms(with.saturating_sub(without) / 4),
         ms(plain)
     );
+    let mut floors = Vec::new();
+    for streams in [1, 2, 4] {
+        floors.push(format!(
+            "{} with {streams} open",
+            ms(event_floor(env, streams).await?)
+        ));
+    }
+    println!(
+        "The floor of any handoff by change event on this server (a plain write until the first \
+         plain stream hears it, p50): {}.",
+        floors.join(", ")
+    );
     let costs = queue_cost(env, &[0, 3, 15, 60]).await?;
     let list = |pick: fn(&(usize, Duration, Duration)) -> Duration| {
         costs
@@ -660,6 +672,54 @@ pub async fn stream_cost(env: &Env, streams: usize) -> Result<[Duration; 3]> {
         }
     }
     Ok([without, with[0], with[1]])
+}
+
+/// The floor of any handoff by change event on this server, p50: from
+/// sending a plain `updateOne` to the first of `streams` plain change
+/// streams (no pipeline, no lookup; each waiting in a `getMore`) receiving
+/// its event. A handoff by event needs at least that write and that event.
+pub async fn event_floor(env: &Env, streams: usize) -> Result<Duration> {
+    use futures_util::StreamExt;
+    use mongodb::bson::doc;
+    use std::time::Instant;
+
+    let client = mongodb::Client::with_uri_str(&env.uri).await?;
+    let collection = client
+        .database(&env.db)
+        .collection::<mongodb::bson::Document>("event_floor");
+    let (heard, mut hearing) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let mut stream = collection.watch().await?;
+        let heard = heard.clone();
+        tasks.push(tokio::spawn(async move {
+            while stream.next().await.is_some() {
+                if heard.send(Instant::now()).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    for i in 0..100_i64 {
+        let start = Instant::now();
+        collection
+            .update_one(doc! { "_id": 1 }, doc! { "$set": { "n": i } })
+            .upsert(true)
+            .await?;
+        let mut first = None::<Instant>;
+        for _ in 0..streams {
+            let at = tokio::time::timeout(Duration::from_secs(10), hearing.recv())
+                .await?
+                .ok_or("a stream ended")?;
+            first = Some(first.map_or(at, |f| f.min(at)));
+        }
+        samples.push(first.map_or(Duration::ZERO, |f| f.saturating_duration_since(start)));
+    }
+    for task in tasks {
+        task.abort();
+    }
+    Ok(percentile(&mut samples, 0.5))
 }
 
 /// Server time of the two writes of a contended fair acquisition, by queue
