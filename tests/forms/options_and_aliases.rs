@@ -1,5 +1,7 @@
 //! `owner`, `lock`, `crate`, and `Result` aliases such as `anyhow::Result`.
 #![deny(warnings)]
+// The futures are built to check their types, never run.
+#![allow(clippy::let_underscore_future)]
 
 extern crate mongolock as renamed_lock;
 

@@ -1,6 +1,8 @@
 //! The future is `Send` (it can be spawned), and the attribute composes with
 //! `#[tracing::instrument]` in either order. Docs and attributes are kept.
 #![deny(warnings, missing_docs)]
+// The futures are built to check their types, never run.
+#![allow(clippy::let_underscore_future)]
 //! Crate docs.
 
 use mongolock::mongo_locked;

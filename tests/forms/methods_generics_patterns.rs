@@ -1,6 +1,8 @@
 //! Methods (every receiver, trait impls), generics, `impl Trait` and pattern
 //! arguments, where-clauses.
 #![deny(warnings)]
+// The futures are built to check their types, never run.
+#![allow(clippy::let_underscore_future)]
 
 use std::fmt::Display;
 
@@ -36,7 +38,10 @@ impl Shop {
 }
 
 pub trait Job {
-    fn run(&self, n: u32) -> impl std::future::Future<Output = Result<u32, mongolock::Error>> + Send;
+    fn run(
+        &self,
+        n: u32,
+    ) -> impl std::future::Future<Output = Result<u32, mongolock::Error>> + Send;
 }
 
 impl Job for Shop {
@@ -71,7 +76,11 @@ pub struct Point {
 }
 
 #[mongo_locked(key = "point:{x}:{y}:{a}:{b}")]
-async fn patterns(Point { x, y }: Point, (a, b): (u8, u8), _ignored: u8) -> Result<i32, mongolock::Error> {
+async fn patterns(
+    Point { x, y }: Point,
+    (a, b): (u8, u8),
+    _ignored: u8,
+) -> Result<i32, mongolock::Error> {
     Ok(x + y + i32::from(a) + i32::from(b))
 }
 

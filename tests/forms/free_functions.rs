@@ -1,5 +1,7 @@
 //! Key templates on free functions, with a user error type.
 #![deny(warnings)]
+// The futures are built to check their types, never run.
+#![allow(clippy::let_underscore_future)]
 
 use mongolock::mongo_locked;
 
@@ -32,7 +34,11 @@ async fn build_report(user_id: u64) -> Result<String, AppError> {
     Ok(format!("report {user_id}"))
 }
 
-#[mongo_locked(key = "user:{user.id}:{user.org.name}:{{literal}}", expires = "1500ms", timeout = "2m")]
+#[mongo_locked(
+    key = "user:{user.id}:{user.org.name}:{{literal}}",
+    expires = "1500ms",
+    timeout = "2m"
+)]
 async fn by_field(user: &User, pair: (u8, u8)) -> Result<(), AppError> {
     let _ = (user.id, pair.0);
     Ok(())

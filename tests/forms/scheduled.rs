@@ -1,3 +1,6 @@
+#![deny(warnings)]
+// The futures are built to check their types, never run.
+#![allow(clippy::let_underscore_future)]
 use std::time::Duration;
 
 use mongolock::{mongo_locked, Schedule};

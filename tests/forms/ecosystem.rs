@@ -3,6 +3,8 @@
 //! configuration, skipping when busy, raw identifiers in key templates, and
 //! `#[tokio::main]` below the attribute.
 #![deny(warnings)]
+// The futures are built to check their types, never run.
+#![allow(clippy::let_underscore_future)]
 
 use std::time::Duration;
 
