@@ -236,19 +236,13 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             "updatedFields": fields, "removedFields": removed,
         } }
     };
-    // The document as the stream looks it up, with its queue's head.
-    let with_queue = |mut event: mongodb::bson::Document, head: &str| {
-        let queue = doc! { "queue": [{ "w": "c1", "p": head }, { "w": "c2", "p": "x" }] };
-        event.insert("fullDocument", queue);
-        event
-    };
     let now = mongodb::bson::DateTime::now();
     let shapes = [
         (
             "release",
             true,
             updated(
-                doc! { "expires_at": now, "expire": now, "locked": false },
+                doc! { "expires_at": now, "expire": now, "locked": false, "release_id": "r1*" },
                 vec!["owner", "claim"],
             ),
         ),
@@ -256,13 +250,15 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             "force release in a minimum hold",
             true,
             updated(
-                doc! { "expires_at": now, "expire": now, "locked": false },
+                doc! { "expires_at": now, "expire": now, "locked": false, "release_id": "r1*" },
                 vec![],
             ),
         ),
         (
-            "release by an update of locked alone",
-            true,
+            // Not this crate's release (no release id): our lease still
+            // runs, so no waiter of ours could take the lock.
+            "an update of locked alone",
+            false,
             updated(doc! { "locked": false }, vec![]),
         ),
         (
@@ -279,7 +275,7 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             "release into a minimum hold, 5.0",
             false,
             updated(
-                doc! { "expires_at": now, "expire": now },
+                doc! { "expires_at": now, "expire": now, "release_id": "r1" },
                 vec!["owner", "claim"],
             ),
         ),
@@ -309,51 +305,78 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
         (
             "release into a minimum hold, 4.4",
             false,
-            doc! { "operationType": "replace", "fullDocument": { "locked": true } },
+            doc! { "operationType": "replace", "fullDocument": { "locked": true, "release_id": "r1" } },
         ),
         (
             "release rewritten whole, 4.4",
             true,
-            doc! { "operationType": "replace", "fullDocument": { "locked": false, "release_id": "r1" } },
+            doc! { "operationType": "replace", "fullDocument": { "locked": false, "release_id": "r1*" } },
         ),
         (
             "release, the queue headed by a waiter here",
             true,
-            with_queue(updated(doc! { "locked": false }, vec![]), "here"),
+            updated(doc! { "locked": false, "release_id": "r1^here:c1" }, vec![]),
         ),
         (
             "release, the queue headed by a waiter elsewhere",
             false,
-            with_queue(updated(doc! { "locked": false }, vec![]), "elsewhere"),
+            updated(
+                doc! { "locked": false, "release_id": "r1^elsewhere:c1" },
+                vec![],
+            ),
+        ),
+        (
+            "release, 4.4, the queue headed here",
+            true,
+            doc! { "operationType": "replace", "fullDocument": {
+                "locked": false, "release_id": "r1^here:c1",
+                "queue": [{ "w": "c1", "p": "here" }, { "w": "c2", "p": "elsewhere" }],
+            } },
         ),
         (
             "release, 4.4, the queue headed elsewhere",
             false,
             doc! { "operationType": "replace", "fullDocument": {
-                "locked": false, "release_id": "r1",
+                "locked": false, "release_id": "r1^elsewhere:c1",
                 "queue": [{ "w": "c1", "p": "elsewhere" }, { "w": "c2", "p": "here" }],
             } },
         ),
         (
             "a waiter leaving the queue of a free lock, the new head here",
             true,
-            doc! { "operationType": "update",
-            "updateDescription": { "updatedFields": { "release_id": "l1", "queue": [] }, "removedFields": [] },
-            "fullDocument": { "locked": false, "queue": [{ "w": "c2", "p": "here" }] } },
+            updated(
+                doc! { "release_id": "l1^here:c2", "queue": [{ "w": "c2", "p": "here" }] },
+                vec![],
+            ),
         ),
         (
             "a waiter leaving the queue of a free lock, the new head elsewhere",
             false,
-            doc! { "operationType": "update",
-            "updateDescription": { "updatedFields": { "release_id": "l1", "queue": [] }, "removedFields": [] },
-            "fullDocument": { "locked": false, "queue": [{ "w": "c2", "p": "elsewhere" }] } },
+            updated(doc! { "release_id": "l1^elsewhere:c2" }, vec![]),
+        ),
+        (
+            "a waiter leaving the queue of a free lock, nobody left",
+            true,
+            updated(doc! { "release_id": "l1*", "queue": [] }, vec![]),
         ),
         (
             "a waiter leaving the queue of a held lock",
             false,
-            doc! { "operationType": "update",
-            "updateDescription": { "updatedFields": { "release_id": "l1", "queue": [] }, "removedFields": [] },
-            "fullDocument": { "locked": true, "queue": [{ "w": "c2", "p": "here" }] } },
+            updated(doc! { "release_id": "l1", "queue": [] }, vec![]),
+        ),
+        (
+            "a waiter leaving the queue of a free lock, 4.4, the new head here",
+            true,
+            doc! { "operationType": "replace", "fullDocument": {
+                "locked": false, "release_id": "l1^here:c2", "queue": [{ "w": "c2", "p": "here" }],
+            } },
+        ),
+        (
+            "a waiter leaving the queue of a held lock, 4.4",
+            false,
+            doc! { "operationType": "replace", "fullDocument": {
+                "locked": true, "release_id": "l1", "queue": [{ "w": "c2", "p": "here" }],
+            } },
         ),
         (
             "release that hands the lock to a waiter here",
@@ -364,14 +387,19 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             ),
         ),
         (
+            "release that hands the lock to a waiter here, the next in line elsewhere",
+            true,
+            updated(
+                doc! { "owner": "b", "claim": "c1", "token": 7_i64, "release_id": "r1@here^elsewhere:c2" },
+                vec![],
+            ),
+        ),
+        (
             "release that hands the lock to a waiter elsewhere, the new head elsewhere",
             false,
-            with_queue(
-                updated(
-                    doc! { "owner": "b", "claim": "c1", "token": 7_i64, "release_id": "r1@elsewhere" },
-                    vec![],
-                ),
-                "elsewhere",
+            updated(
+                doc! { "owner": "b", "claim": "c1", "token": 7_i64, "release_id": "r1@elsewhere^elsewhere:c2" },
+                vec![],
             ),
         ),
         // The new head here must now wait for the new holder's lease (if
@@ -379,12 +407,17 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
         (
             "release that hands the lock to a waiter elsewhere, the new head here",
             true,
-            with_queue(
-                updated(
-                    doc! { "owner": "b", "claim": "c1", "token": 7_i64, "release_id": "r1@elsewhere" },
-                    vec![],
-                ),
-                "here",
+            updated(
+                doc! { "owner": "b", "claim": "c1", "token": 7_i64, "release_id": "r1@elsewhere^here:c2" },
+                vec![],
+            ),
+        ),
+        (
+            "release that hands the lock to a waiter in a process whose tag begins with this one's",
+            false,
+            updated(
+                doc! { "owner": "b", "claim": "c1", "token": 7_i64, "release_id": "r1@herewith" },
+                vec![],
             ),
         ),
         (
@@ -398,7 +431,7 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
             "release that hands the lock to a waiter elsewhere, 4.4, the new head here",
             true,
             doc! { "operationType": "replace", "fullDocument": {
-                "locked": true, "owner": "b", "claim": "c1", "release_id": "r1@elsewhere",
+                "locked": true, "owner": "b", "claim": "c1", "release_id": "r1@elsewhere^here:c2",
                 "queue": [{ "w": "c2", "p": "here" }],
             } },
         ),
@@ -413,8 +446,8 @@ async fn release_event_filter_matches_releases_in_every_event_shape() {
     let no_queue = [
         "release",
         "force release in a minimum hold",
-        "release by an update of locked alone",
         "release rewritten whole, 4.4",
+        "a waiter leaving the queue of a free lock, nobody left",
     ];
     for wide in [true, false] {
         let filter = mongolock::__private::raw::release_events("here", wide)

@@ -34,7 +34,6 @@ const SENT: &[(&str, (u32, u32))] = &[
     ("$ne", (1, 0)),
     ("$not", (1, 0)),
     ("$or", (1, 6)),
-    ("$pull", (1, 0)),
     ("$regex", (1, 0)),
     ("$setOnInsert", (2, 4)),
     // Update-pipeline stages ($set and $unset also as update operators)

@@ -259,3 +259,231 @@ async fn a_widened_stream_opens_narrow_again_after_it_closed() {
         "a narrow stream is sent the hand-over only"
     );
 }
+
+/// Every write that may wake a waiter says whom in its release id, so that
+/// a change event with only the changed fields (MongoDB 5.0+, where no
+/// stream looks the document up) is enough: the process handed the lock
+/// (`@p`), the waiter whose turn it is (`^p:c`: the head of a lock left
+/// free, or the next in line after a hand-over), anyone's (`*`: free and
+/// nobody queued), or nothing while the lock stays held. Run against the
+/// server on documents of every kind.
+#[tokio::test]
+async fn every_write_that_may_wake_a_waiter_says_whom_in_its_release_id() {
+    use mongodb::bson::{doc, DateTime, Document};
+    use mongolock::__private::raw;
+
+    let collection = mongolock_suite::fresh_collection("release_marks").await;
+    let at = |ms: i64| DateTime::from_millis(DateTime::now().timestamp_millis() + ms);
+    let entry = |w: &str, p: &str, expires: i64| {
+        doc! { "w": w, "p": p, "exp": at(expires), "o": format!("owner-{w}"), "l": 60_000_i64 }
+    };
+    let lock = |held: bool, queue: Vec<Document>| {
+        let mut doc = doc! {
+            "_id": "k", "token": 5_i64, "acquired_at": at(-120_000),
+            "expires_at": at(if held { 60_000 } else { -1_000 }), "locked": held,
+            "expire": at(if held { 60_000 } else { -1_000 }), "created": at(-120_000),
+        };
+        if held {
+            doc.insert("owner", "holder");
+            doc.insert("claim", "hc");
+        }
+        if !queue.is_empty() {
+            doc.insert("queue", queue);
+        }
+        doc
+    };
+    let two = || vec![entry("c1", "p1", 60_000), entry("c2", "p2", 60_000)];
+    let cases: Vec<(&str, Document, Vec<Document>, &str)> = vec![
+        (
+            "a hand-over, someone next in line",
+            lock(true, two()),
+            raw::release_update(0, "r", true),
+            "r@p1^p2:c2",
+        ),
+        (
+            "a hand-over, nobody next",
+            lock(true, vec![entry("c1", "p1", 60_000)]),
+            raw::release_update(0, "r", true),
+            "r@p1",
+        ),
+        (
+            "a release that leaves the lock free to its queue's head",
+            lock(true, two()),
+            raw::release_update(0, "r", false),
+            "r^p1:c1",
+        ),
+        (
+            "a release whose queue has only lapsed entries",
+            lock(true, vec![entry("c1", "p1", -1_000)]),
+            raw::release_update(0, "r", true),
+            "r*",
+        ),
+        (
+            "a hand-over over a lapsed head",
+            lock(
+                true,
+                vec![entry("c1", "p1", -1_000), entry("c2", "p2", 60_000)],
+            ),
+            raw::release_update(0, "r", true),
+            "r@p2",
+        ),
+        (
+            "a release into a minimum hold",
+            lock(true, two()),
+            raw::release_update(3_600_000, "r", true),
+            "r",
+        ),
+        (
+            "a release after its minimum hold",
+            lock(true, two()),
+            raw::release_update(1, "r", false),
+            "r^p1:c1",
+        ),
+        (
+            "the head leaving the queue of a free lock",
+            lock(false, two()),
+            raw::leave_queue("c1", "l"),
+            "l^p2:c2",
+        ),
+        (
+            "the last waiter leaving the queue of a free lock",
+            lock(false, vec![entry("c1", "p1", 60_000)]),
+            raw::leave_queue("c1", "l"),
+            "l*",
+        ),
+        (
+            "a waiter leaving the queue of a held lock",
+            lock(true, two()),
+            raw::leave_queue("c1", "l"),
+            "l",
+        ),
+    ];
+    for (name, before, write, expected) in cases {
+        collection
+            .replace_one(doc! { "_id": "k" }, &before)
+            .upsert(true)
+            .await
+            .unwrap();
+        let result = collection
+            .update_one(doc! { "_id": "k" }, write)
+            .await
+            .unwrap();
+        assert_eq!(result.matched_count, 1, "{name}");
+        let after = collection
+            .find_one(doc! { "_id": "k" })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.get_str("release_id"), Ok(expected), "{name}: {after}");
+    }
+    // The release of a lock nobody queues for is an operator update.
+    collection
+        .replace_one(doc! { "_id": "k" }, lock(true, vec![]))
+        .await
+        .unwrap();
+    collection
+        .update_one(doc! { "_id": "k" }, raw::release_plain("r"))
+        .await
+        .unwrap();
+    let after = collection
+        .find_one(doc! { "_id": "k" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.get_str("release_id"), Ok("r*"));
+}
+
+/// MongoDB 5.0+ reports a write by pipeline as an `update` event with only
+/// the changed fields, and no stream of ours looks the document up. The
+/// test server reports pipelines as whole-document `replace`s, so such
+/// events are written here by hand, as operator updates carrying what this
+/// crate's pipelines write: a hand-over to a queued waiter, which takes the
+/// lock from the event alone (no command sent after it), and a release
+/// that leaves the lock free to the queue's head, which is woken to take
+/// it. Queue entries last 2 minutes and the holder's lease too: a waiter
+/// not woken by the event would not ask again within its 30 s timeout.
+#[tokio::test]
+async fn a_waiter_acts_on_update_events_that_carry_only_the_changed_fields() {
+    use mongodb::bson::{doc, DateTime};
+
+    let collection = mongolock_suite::fresh_collection("delta_events").await;
+    let holder_lock = MongoLock::with_collection(collection.clone());
+    let (lock, commands) = mongolock_suite::Commands::lock(&collection).await;
+    let lock = lock.with_queue_expiry(Duration::from_secs(120)).unwrap();
+    for (key, hand_over) in [("handed", true), ("freed", false)] {
+        let holder = holder_lock
+            .acquire(key)
+            .expires(Duration::from_secs(120))
+            .await
+            .unwrap();
+        let token = holder.token();
+        commands.clear();
+        let waiting = {
+            let lock = lock.clone();
+            tokio::spawn(async move { lock.acquire(key).timeout(WAIT).await })
+        };
+        // Queued, its stream waiting for events, no attempt in flight.
+        commands
+            .until(|c| {
+                let (sent, answered) = c.count("findAndModify");
+                sent >= 1
+                    && sent == answered
+                    && c.started().last().map(String::as_str) == Some("getMore")
+            })
+            .await;
+        let lock_doc = collection
+            .find_one(doc! { "_id": key })
+            .await
+            .unwrap()
+            .unwrap();
+        let queue = lock_doc.get_array("queue").unwrap();
+        let head = queue[0].as_document().unwrap();
+        let (process, claim) = (head.get_str("p").unwrap(), head.get_str("w").unwrap());
+        let now = DateTime::now();
+        let later = DateTime::from_millis(now.timestamp_millis() + 60_000);
+        let write = if hand_over {
+            doc! {
+                "$set": {
+                    "owner": head.get_str("o").unwrap(), "claim": claim,
+                    "token": token + 1, "acquired_at": now, "created": now,
+                    "expires_at": later, "expire": later,
+                    "release_id": format!("sim@{process}"),
+                },
+                "$unset": { "queue": "" },
+            }
+        } else {
+            doc! {
+                "$set": {
+                    "locked": false, "expires_at": now, "expire": now,
+                    "release_id": format!("sim^{process}:{claim}"),
+                },
+                "$unset": { "owner": "", "claim": "" },
+            }
+        };
+        commands.clear();
+        collection
+            .update_one(doc! { "_id": key }, write)
+            .await
+            .unwrap();
+        let guard = waiting
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{key}: not woken by the event: {e}"));
+        if hand_over {
+            assert_eq!(guard.token(), token + 1);
+            assert_eq!(
+                (
+                    commands.count("findAndModify").0,
+                    commands.count("update").0
+                ),
+                (0, 0),
+                "the handed-over lock is taken from the event alone: {:?}",
+                commands.started()
+            );
+        } else {
+            assert!(guard.token() > token);
+        }
+        guard.release().await.unwrap();
+        std::mem::forget(holder);
+    }
+}

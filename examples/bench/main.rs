@@ -153,8 +153,7 @@ async fn uncontended(bench: &Bench) -> Result<(Duration, Duration)> {
         }
         let mut filter = raw::by_holder(&key, &owner, Some(token));
         filter.insert("queue.0", doc! { "$exists": false });
-        coll.update_one(filter, raw::release_update(0, "raw", false))
-            .await?;
+        coll.update_one(filter, raw::release_plain("raw")).await?;
         raw_times.push(start.elapsed());
     }
     Ok((percentile(&mut ours, 0.5), percentile(&mut raw_times, 0.5)))
@@ -376,8 +375,7 @@ async fn write_costs(bench: &Bench) -> Result<Vec<(&'static str, Duration)>> {
                 8 => {
                     let mut filter = raw::by_holder(&key, owner, None);
                     filter.insert("queue.0", doc! { "$exists": false });
-                    coll.update_one(filter, raw::release_update(0, "r", false))
-                        .await?;
+                    coll.update_one(filter, raw::release_plain("r")).await?;
                 }
                 _ => {
                     coll.find_one_and_update(

@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
-use mongodb::options::FullDocumentType;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
@@ -190,7 +189,6 @@ impl Election {
                 .collection()
                 .watch()
                 .pipeline([doc! { "$match": { "documentKey._id": &self.name } }])
-                .full_document(FullDocumentType::UpdateLookup)
                 .await;
             match opened {
                 Ok(mut stream) => {
@@ -256,8 +254,13 @@ fn term_of(event: &ChangeStreamEvent<Document>, last: Option<&Leader>) -> Option
             };
             match changed.get(TOKEN) {
                 // A new term.
+                // Its owner is among the changed fields unless the last
+                // term's owner won again.
                 Some(Bson::Int64(token)) => Some(Leader {
-                    owner: changed.get_str(OWNER).ok()?.to_owned(),
+                    owner: match changed.get_str(OWNER) {
+                        Ok(owner) => owner.to_owned(),
+                        Err(_) => last?.owner.clone(),
+                    },
                     since: date(ACQUIRED_AT),
                     expires_at: date(EXPIRES_AT)?,
                     token: *token,
@@ -352,5 +355,40 @@ impl Leadership {
     /// in line at once.
     pub async fn resign(self) -> Result<bool> {
         self.guard.release().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// MongoDB 5.0+ sends only the changed fields: a new term won by the
+    /// last term's owner does not name it.
+    #[test]
+    fn a_new_term_by_the_same_owner_keeps_its_owner() {
+        let ends = DateTime::from_millis(2_000);
+        let event: ChangeStreamEvent<Document> = mongodb::bson::from_document(doc! {
+            "_id": { "_data": "0" },
+            "operationType": "update",
+            "documentKey": { "_id": "leader" },
+            "updateDescription": {
+                "updatedFields": { TOKEN: 8_i64, EXPIRES_AT: ends, ACQUIRED_AT: ends },
+                "removedFields": [],
+            },
+        })
+        .unwrap();
+        let last = Leader {
+            owner: "a".to_owned(),
+            since: None,
+            expires_at: DateTime::from_millis(1_000),
+            token: 7,
+            value: None,
+        };
+        let next = term_of(&event, Some(&last)).unwrap();
+        assert_eq!(
+            (next.owner.as_str(), next.token, next.expires_at),
+            ("a", 8, ends)
+        );
+        assert_eq!(term_of(&event, None), None, "an owner nobody saw");
     }
 }

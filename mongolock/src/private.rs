@@ -306,8 +306,10 @@ pub async fn until_lost<F: std::future::Future>(
 /// The raw filters and pipelines, so benchmarks can time the same driver
 /// operations without the library around them.
 pub mod raw {
+    pub use crate::query::leave_queue;
     pub use crate::query::{
-        acquire_pipeline, by_holder, by_key, quick_filter, quick_take, release_update, Queueing,
+        acquire_pipeline, by_holder, by_key, quick_filter, quick_take, release_plain,
+        release_update, Queueing,
     };
     pub use crate::wake::release_events;
 }

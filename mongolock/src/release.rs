@@ -82,13 +82,13 @@ impl MongoLock {
             // still needs the queue's head, to wake it if it is here.)
             let plain = self.collection().update_one(
                 query::without_queue(filter.clone()),
-                query::release_update(0, local.id(), false),
+                query::release_plain(local.id()),
             );
             let plain = self
                 .bounded(key, self.operation_timeout(), async { Ok(plain.await?) })
                 .await?;
             if plain.matched_count == 1 {
-                let left = doc! { query::RELEASE_ID: local.id() };
+                let left = doc! { query::RELEASE_ID: query::free_for_anyone(local.id()) };
                 local.released_here(&left);
                 return Ok(true);
             }

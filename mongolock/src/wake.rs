@@ -13,15 +13,17 @@ use tokio::sync::{watch, Notify};
 
 mod interest;
 mod local_release;
+mod marks;
 mod stream;
 
 pub(crate) use interest::Interest;
 pub(crate) use local_release::LocalRelease;
+use marks::{Head, Marks, Turn};
 pub use stream::release_events;
 use stream::StreamTask;
 
 use crate::info::LockInfo;
-use crate::query::{CLAIM, GRANTED_TO, PROCESS, QUEUE, RELEASE_ID, WAITER};
+use crate::query::{CLAIM, RELEASE_ID, TOKEN};
 
 /// How many of its own releases per key a process remembers, to hold back
 /// their change events. Their ids are unique, so an id that is never seen
@@ -99,24 +101,6 @@ struct Waiter {
     notify: Arc<Notify>,
     /// The lock, if a release handed it over to this waiter.
     handed_over: Option<LockInfo>,
-}
-
-/// The head of a key's queue: whose turn it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Head {
-    process: String,
-    waiter: String,
-}
-
-impl Head {
-    /// The first entry of a lock document's queue, if any.
-    pub(crate) fn of(doc: Option<&Document>) -> Option<Self> {
-        let entry = doc?.get_array(QUEUE).ok()?.first()?.as_document()?;
-        Some(Self {
-            process: entry.get_str(PROCESS).ok()?.to_owned(),
-            waiter: entry.get_str(WAITER).ok()?.to_owned(),
-        })
-    }
 }
 
 impl Wakeups {
@@ -244,7 +228,7 @@ impl Wakeups {
             let Some(waiters) = keys.get_mut(key) else {
                 return;
             };
-            let own = release_id.map(|id| id.split(GRANTED_TO).next().unwrap_or(id));
+            let own = release_id.map(|id| Marks::of(id).own);
             if let Some(at) =
                 own.and_then(|id| waiters.own_releases.iter().position(|(mine, _)| mine == id))
             {
@@ -263,32 +247,46 @@ impl Wakeups {
         self.released(key, release_id, doc);
     }
 
-    /// A release of `key` took effect, leaving `doc`. If it handed the lock
-    /// over to a waiter here, that waiter gets it; if to another process,
-    /// nobody here is woken; if it left the lock free, the waiter whose turn
-    /// it is is woken.
+    /// A release of `key` took effect, leaving `doc` (the whole document, or
+    /// only the fields it changed). If it handed the lock over to a waiter
+    /// here, that waiter gets it; if to another process, nobody here is
+    /// woken unless a waiter here is next in line; if it left the lock free,
+    /// the waiter whose turn it is is woken. Whose turn it is, the release
+    /// id says (see [`crate::query::RELEASE_ID`]), or else the document's
+    /// queue.
     fn released(&self, key: &str, release_id: Option<&str>, doc: Option<&Document>) {
-        let Some((_, process)) = release_id.and_then(|id| id.split_once(GRANTED_TO)) else {
-            self.wake(key, Head::of(doc).as_ref());
+        let marks = release_id.map(Marks::of);
+        let head = match marks.as_ref().map(|m| &m.turn) {
+            Some(Turn::Head(head)) => Some(head.clone()),
+            Some(Turn::Anyone) => None,
+            Some(Turn::Unsaid) | None => Head::of(doc),
+        };
+        let Some(process) = marks.as_ref().and_then(|m| m.granted_to) else {
+            self.wake(key, head.as_ref());
             return;
         };
         if process != self.tag {
             // Handed to another process's waiter: this process's waiter
             // may be the queue's new head, and wait for that holder now.
-            if let Some(head) = Head::of(doc) {
+            if let Some(head) = head {
                 self.wake(key, Some(&head));
             }
             return;
         }
         // Only the document as that very release left it says who holds the
         // lock now; a later one (looked up after another release) is old news.
-        let current = doc.filter(|d| d.get_str(RELEASE_ID).ok() == release_id);
-        let Some((claim, info)) = current.and_then(|d| {
-            let info = LockInfo::from_document(d).ok()?;
-            Some((d.get_str(CLAIM).ok()?, info))
-        }) else {
+        let Some(current) = doc.filter(|d| d.get_str(RELEASE_ID).ok() == release_id) else {
             return;
         };
+        let Ok(claim) = current.get_str(CLAIM) else {
+            return;
+        };
+        // A new holder always has a new token; without one (a change event
+        // that left it out) the waiter is only woken, to ask the server.
+        let info = current
+            .get_i64(TOKEN)
+            .ok()
+            .and_then(|_| LockInfo::from_document(current).ok());
         let mut keys = self.keys();
         match keys
             .get_mut(key)
@@ -296,7 +294,9 @@ impl Wakeups {
         {
             Some(waiter) => {
                 tracing::trace!(key, "mongolock handing the lock over to a waiter");
-                waiter.handed_over = Some(info);
+                if info.is_some() {
+                    waiter.handed_over = info;
+                }
                 waiter.notify.notify_one();
             }
             // It gave up: its leaving the queue releases what it was given.

@@ -34,12 +34,24 @@ pub(crate) const PY_CREATED: &str = "created";
 /// when the entry lapses unless the waiter asks again, and the owner and
 /// lease (milliseconds) a release hands the lock over with.
 pub(crate) const QUEUE: &str = "queue";
-/// Set by each release to a value of the releaser's, so that the releasing
-/// process recognises its own release's change event. A release that hands
-/// the lock over appends [`GRANTED_TO`] and the new holder's process tag.
+/// Set by each release (and each waiter leaving the queue) to an id of the
+/// writer's, so that the releasing process recognises its own release's
+/// change event, followed by what the write did, so that a change event
+/// that carries only the changed fields (MongoDB 5.0+) says whom to wake
+/// without the document being looked up:
+/// `<id>[@<process>][^<process>:<claim> | *]`. [`GRANTED_TO`] and the new
+/// holder's process tag if it handed the lock over; then [`TURN`] and the
+/// queue's head if that waiter is to act now (take the lock left free, or
+/// wait for the new holder's lease), or [`ANYONE`] if it left the lock free
+/// with nobody queued; nothing more if the lock is still held (a minimum
+/// hold, or a waiter leaving a held lock's queue).
 pub(crate) const RELEASE_ID: &str = "release_id";
 /// Separates a release id from the tag of the process it handed over to.
 pub(crate) const GRANTED_TO: &str = "@";
+/// Precedes `<process>:<claim>` of the waiter whose turn a write made it.
+pub(crate) const TURN: &str = "^";
+/// Ends the id of a write that left the lock free with nobody queued.
+pub(crate) const ANYONE: &str = "*";
 /// What a release's reply and its change event carry: who holds the lock
 /// now (after a handover) and whose turn it is.
 pub(crate) const RELEASE_VIEW: [&str; 7] = [
@@ -145,6 +157,31 @@ fn next_token() -> Document {
     ] }
 }
 
+/// The ending of a release id (see [`RELEASE_ID`]) for a lock left free,
+/// whose queue's live entries are the array `live` (an expression): the
+/// first entry's turn, or [`ANYONE`] if there is none.
+fn turn_or_anyone(live: &str) -> Document {
+    doc! { "$cond": [{ "$gt": [{ "$size": live }, 0] }, turn_of(live, 0), ANYONE] }
+}
+
+/// [`TURN`] and `<process>:<claim>` of the entry at `index` of the array
+/// `live` (an expression), or an empty string if there is none.
+fn turn_of(live: &str, index: i32) -> Document {
+    doc! { "$let": {
+        "vars": { "e": { "$arrayElemAt": [live, index] } },
+        "in": { "$cond": [
+            { "$gt": [{ "$size": live }, index] },
+            { "$concat": [
+                TURN,
+                { "$ifNull": [format!("$$e.{PROCESS}"), ""] },
+                ":",
+                { "$ifNull": [format!("$$e.{WAITER}"), ""] },
+            ] },
+            "",
+        ] },
+    } }
+}
+
 /// The queue's entries that have not lapsed, oldest first.
 fn live_entries() -> Document {
     doc! { "$let": {
@@ -161,8 +198,8 @@ mod acquire;
 mod release;
 
 pub use acquire::{acquire_pipeline, quick_filter, quick_take, Queueing, TickClaim};
-pub use release::release_update;
-pub(crate) use release::{leave_queue, queued_as, touch_pipeline, without_queue, HandOver};
+pub(crate) use release::{free_for_anyone, queued_as, touch_pipeline, without_queue, HandOver};
+pub use release::{leave_queue, release_plain, release_update};
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,6 @@
 //! the queue's head), the lease's renewal and leaving the queue.
 
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::UpdateModifications;
 
 use super::*;
 
@@ -12,14 +11,27 @@ pub(crate) fn queued_as(key: &str, claim: &str) -> Document {
 }
 
 /// Takes `claim` out of the queue, and marks the write with a fresh
-/// `release_id`: if the lock is free, the change stream tells the new head
-/// that it is its turn, as a release would (see
-/// [`crate::wake::release_events`]). Used with [`queued_as`].
-pub(crate) fn leave_queue(claim: &str, release_id: &str) -> Document {
-    doc! {
-        "$pull": { QUEUE: { WAITER: claim } },
-        "$set": { RELEASE_ID: release_id },
-    }
+/// `release_id`, which names the new head's turn if the lock is free (or
+/// says anyone's, with nobody left in the queue): the change stream tells
+/// that head, as a release would (see [`crate::wake::release_events`]).
+/// Used with [`queued_as`].
+pub fn leave_queue(claim: &str, release_id: &str) -> Vec<Document> {
+    let left = doc! { "$filter": {
+        "input": { "$ifNull": [field(QUEUE), []] },
+        "as": "e",
+        "cond": { "$ne": [format!("$$e.{WAITER}"), { "$literal": claim }] },
+    } };
+    let turn = doc! { "$let": {
+        "vars": { "live": live_entries() },
+        "in": turn_or_anyone("$$live"),
+    } };
+    vec![
+        doc! { "$set": { QUEUE: left } },
+        doc! { "$set": { RELEASE_ID: { "$concat": [
+            { "$literal": release_id },
+            { "$cond": [held_expr(), "", turn] },
+        ] } } },
+    ]
 }
 
 /// Whether and how a release hands the lock over to the queue's head.
@@ -52,6 +64,24 @@ pub(crate) fn touch_pipeline(lease_millis: i64) -> Vec<Document> {
     vec![doc! { "$set": { EXPIRES_AT: &expires, PY_EXPIRE: &expires } }]
 }
 
+/// The id a release that leaves the lock free with nobody queued writes
+/// (see [`RELEASE_ID`]).
+pub(crate) fn free_for_anyone(release_id: &str) -> String {
+    format!("{release_id}{ANYONE}")
+}
+
+/// The release of a lock nobody queues for, without a minimum hold: a plain
+/// operator update (no pipeline, nothing returned). The lease ends at the
+/// server's now. Used with a [`by_holder`] filter made
+/// [`without_queue`], so its id says that anyone may take the lock.
+pub fn release_plain(release_id: &str) -> Document {
+    doc! {
+        "$currentDate": { EXPIRES_AT: true, PY_EXPIRE: true },
+        "$set": { PY_LOCKED: false, RELEASE_ID: free_for_anyone(release_id) },
+        "$unset": { OWNER: "", CLAIM: "" },
+    }
+}
+
 /// Ends this holder's lease, keeping the document so its fencing token
 /// carries on. Used with a [`by_holder`] filter.
 ///
@@ -61,68 +91,48 @@ pub(crate) fn touch_pipeline(lease_millis: i64) -> Vec<Document> {
 /// gets a new fencing token and leaves the queue, and its lease is its own
 /// lease from the server's now, but never past its queue entry's expiry, so
 /// a head that died while queued holds the lock no longer than its entry
-/// would have held the queue up. The release id then names the head's
-/// process after an `@`. Lapsed entries are dropped.
+/// would have held the queue up.
 ///
-/// Otherwise the lock is left free. Without a minimum hold and without
-/// `hand_over` that is a plain operator update (no pipeline): the lease ends
-/// at the server's now. With a minimum hold, the lease ends at `acquired_at
-/// + min_hold` if that is later than now, and the Python package's view
-/// stays `locked` until then.
+/// Otherwise the lock is left free: the lease ends at the server's now, or,
+/// with a minimum hold, at `acquired_at + min_hold` if that is later, and
+/// the Python package's view stays `locked` until then. Either way lapsed
+/// queue entries are dropped.
 ///
 /// `release_id` marks the release, so that its change event is known as
-/// this process's own (the `release_id` field).
-pub fn release_update(
-    min_hold_millis: i64,
-    release_id: &str,
-    hand_over: bool,
-) -> UpdateModifications {
-    if hand_over {
-        return UpdateModifications::Pipeline(hand_over_pipeline(min_hold_millis, release_id));
-    }
-    if min_hold_millis <= 0 {
-        return UpdateModifications::Document(doc! {
-            "$currentDate": { EXPIRES_AT: true, PY_EXPIRE: true },
-            "$set": { PY_LOCKED: false, RELEASE_ID: release_id },
-            "$unset": { OWNER: "", CLAIM: "" },
-        });
-    }
-    let (_, ends) = min_hold(min_hold_millis);
-    UpdateModifications::Pipeline(vec![
-        doc! { "$set": {
-            EXPIRES_AT: &ends,
-            PY_EXPIRE: &ends,
-            RELEASE_ID: { "$literal": release_id },
-        } },
-        doc! { "$unset": [OWNER, CLAIM] },
-    ])
-}
-
-/// Whether a minimum hold is still running, and when the lease ends for a
-/// release now: `acquired_at + min_hold` if that is later than now.
-fn min_hold(min_hold_millis: i64) -> (Document, Document) {
-    let hold_until = doc! { "$add": [field(ACQUIRED_AT), min_hold_millis] };
-    let held = doc! { "$gt": [{ "$toLong": &hold_until }, now_millis()] };
-    let ends = doc! { "$cond": [&held, &hold_until, "$$NOW"] };
-    (held, ends)
-}
-
-/// [`release_update`] with `hand_over`. Written for few expressions, which
-/// is what a server that interprets pipelines spends its time on: the head
-/// is found once, and every field after asks only whether there is one.
-fn hand_over_pipeline(min_hold_millis: i64, release_id: &str) -> Vec<Document> {
+/// this process's own, and is followed by what the release did (see
+/// [`RELEASE_ID`]): the process it handed over to, and the next waiter's
+/// turn, or anyone's.
+pub fn release_update(min_hold_millis: i64, release_id: &str, hand_over: bool) -> Vec<Document> {
     // The head, if it can take over: an entry with a lease (so written
     // whole by this crate), and no minimum hold running.
-    let head = doc! { "$let": {
-        "vars": { "h": { "$arrayElemAt": ["$$live", 0] } },
-        "in": { "$cond": [{ "$isNumber": format!("$$h.{ENTRY_LEASE}") }, "$$h", null] },
-    } };
-    let (head, ends, still_locked) = if min_hold_millis > 0 {
-        let (held, ends) = min_hold(min_hold_millis);
-        let head = doc! { "$cond": [held, null, head] };
-        (head, Bson::Document(ends), Bson::String(field(PY_LOCKED)))
+    let head = if hand_over {
+        Bson::Document(doc! { "$let": {
+            "vars": { "h": { "$arrayElemAt": ["$$live", 0] } },
+            "in": { "$cond": [{ "$isNumber": format!("$$h.{ENTRY_LEASE}") }, "$$h", null] },
+        } })
     } else {
-        (head, Bson::String("$$NOW".to_owned()), Bson::Boolean(false))
+        Bson::Null
+    };
+    let live = format!("${SCRATCH}.live");
+    // Whose turn it is when the lock is left free.
+    let free_turn = Bson::Document(turn_or_anyone(&live));
+    let (head, ends, still_locked, free_turn) = if min_hold_millis > 0 {
+        let (held, ends) = min_hold(min_hold_millis);
+        let head = doc! { "$cond": [&held, null, head] };
+        let turn = doc! { "$cond": [held, "", free_turn] };
+        (
+            head.into(),
+            Bson::Document(ends),
+            Bson::String(field(PY_LOCKED)),
+            turn.into(),
+        )
+    } else {
+        (
+            head,
+            Bson::String("$$NOW".to_owned()),
+            Bson::Boolean(false),
+            free_turn,
+        )
     };
     let first = doc! { "$set": { SCRATCH: { "$let": {
         "vars": { "live": live_entries() },
@@ -138,7 +148,6 @@ fn hand_over_pipeline(min_hold_millis: i64, release_id: &str) -> Vec<Document> {
         { "$add": [now_millis(), head(ENTRY_LEASE)] },
         { "$toLong": head(ENTRY_EXPIRES) },
     ] } };
-    let live = format!("${SCRATCH}.live");
     let queue = doc! { "$let": {
         "vars": { "q": either(
             doc! { "$slice": [&live, 1, MAX_QUEUE] }.into(),
@@ -154,10 +163,13 @@ fn hand_over_pipeline(min_hold_millis: i64, release_id: &str) -> Vec<Document> {
         TOKEN: either(next_token().into(), keep(TOKEN)),
         PY_LOCKED: either(true.into(), still_locked),
         PY_CREATED: either(now(), keep(PY_CREATED)),
-        RELEASE_ID: either(
-            doc! { "$concat": [{ "$literal": release_id }, GRANTED_TO, head(PROCESS)] }.into(),
-            doc! { "$literal": release_id }.into(),
-        ),
+        // Handed over: the new holder's process, and the next waiter's turn
+        // to wait for it. Left free: whose turn it is, if the lock is.
+        RELEASE_ID: { "$concat": [
+            { "$literal": release_id },
+            either(doc! { "$concat": [GRANTED_TO, head(PROCESS)] }.into(), "".into()),
+            either(turn_of(&live, 1).into(), free_turn),
+        ] },
         QUEUE: queue,
         SCRATCH: removed(),
     };
@@ -166,30 +178,28 @@ fn hand_over_pipeline(min_hold_millis: i64, release_id: &str) -> Vec<Document> {
     vec![first, doc! { "$set": second }, third]
 }
 
+/// Whether a minimum hold is still running, and when the lease ends for a
+/// release now: `acquired_at + min_hold` if that is later than now.
+fn min_hold(min_hold_millis: i64) -> (Document, Document) {
+    let hold_until = doc! { "$add": [field(ACQUIRED_AT), min_hold_millis] };
+    let held = doc! { "$gt": [{ "$toLong": &hold_until }, now_millis()] };
+    let ends = doc! { "$cond": [&held, &hold_until, "$$NOW"] };
+    (held, ends)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn release_without_min_hold_is_an_operator_update() {
-        let UpdateModifications::Document(update) = release_update(0, "r1", false) else {
-            panic!("a pipeline where an operator update does");
-        };
+    fn the_release_of_a_lock_nobody_queues_for_is_an_operator_update() {
         assert_eq!(
-            update,
+            release_plain("r1"),
             doc! {
                 "$currentDate": { "expires_at": true, "expire": true },
-                "$set": { "locked": false, "release_id": "r1" },
+                "$set": { "locked": false, "release_id": "r1*" },
                 "$unset": { "owner": "", "claim": "" },
             }
         );
-        assert!(matches!(
-            release_update(5, "r1", false),
-            UpdateModifications::Pipeline(_)
-        ));
-        assert!(matches!(
-            release_update(0, "r1", true),
-            UpdateModifications::Pipeline(_)
-        ));
     }
 }

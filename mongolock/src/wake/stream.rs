@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
-use mongodb::options::FullDocumentType;
 use mongodb::Collection;
 use tokio::sync::{watch, Notify};
 
 use super::{TaskAlive, Wakeups, DOWN, OPEN, OPENING, UNAVAILABLE};
-use crate::query::{GRANTED_TO, PROCESS, PY_LOCKED, QUEUE, RELEASE_ID, RELEASE_VIEW};
+use crate::query::{ANYONE, GRANTED_TO, PROCESS, PY_LOCKED, QUEUE, RELEASE_ID, RELEASE_VIEW, TURN};
 
 /// How long to wait before reopening a broken stream.
 const REOPEN_DELAY: Duration = Duration::from_secs(1);
@@ -34,77 +33,75 @@ pub(super) struct StreamTask {
 }
 
 /// The events after which a waiter of the process tagged `tag` may take a
-/// lock: a release (which sets `locked: false`, as the Python package's does
-/// too; `force_release` also during a minimum hold) and a deleted document,
-/// and of the releases only those that leave a queue headed by this process
-/// or (if `wide`, for waiters outside any queue) no queue; and the releases that handed the lock over to a waiter of
-/// this process (their release id ends in its tag), whose looked-up
-/// document tells that waiter its lock; and releases by the Python package
-/// (a replacement without a release id, which drops the queue), which every
-/// process hears. Acquisitions, takeovers, renewals
-/// and queue updates wake nobody: a waiter could not take the lock after
-/// them; nor does a release whose next holder waits in another process.
+/// lock or was handed one, filtered on the server so that a process hears
+/// only of the releases its waiters can act on.
 ///
 /// Written for both shapes of events: MongoDB 5.0+ reports pipeline updates
-/// as `update` with the changed fields, 4.4 as `replace` with the whole
-/// document (SERVER-42116), so an acquisition or renewal there is a
-/// `replace` of a document with `locked: true`. The queue is read from the
-/// document as the stream looks it up (`updateLookup`), which may be a
-/// little later than the release: at worst a waiter is woken whose turn
-/// has just passed, and finds the lock taken.
+/// as `update` with only the changed fields, 4.4 (and the test server) as
+/// `replace` with the whole document (SERVER-42116). No event is looked up
+/// (`updateLookup` would cost the server a read per event and per open
+/// stream, and send every process the queue): an `update` is judged by the
+/// release id it writes, which says what the write did (see
+/// [`RELEASE_ID`](crate::query)): handed the lock over to a waiter of this
+/// process (`@tag`), made it a waiter of this process's turn (`^tag:`, the
+/// queue's head of a lock left free, or the next in line after a hand-over
+/// to another process), or, for waiters outside any queue (if `wide`), left
+/// the lock free with nobody queued (`*`). A `replace` is judged by the
+/// document: a release (`locked: false`) whose queue is headed by this
+/// process, or has no entry if `wide`; a hand-over to this process, or to
+/// another with this process's waiter at the head; and a release by the
+/// Python package (a replacement without a release id, which drops the
+/// queue), which every process hears. A deleted document wakes every
+/// process. Acquisitions, takeovers, renewals and queue updates wake nobody:
+/// a waiter could not take the lock after them.
 pub fn release_events(tag: &str, wide: bool) -> Vec<Document> {
-    let handed_here = doc! { "$regex": format!("{GRANTED_TO}{tag}$") };
+    let granted_here = doc! { "$regex": format!("{GRANTED_TO}{tag}([\\{TURN}\\{ANYONE}]|$)") };
     let handed_anywhere = doc! { "$regex": GRANTED_TO };
+    let turn_here = doc! { "$regex": format!("\\{TURN}{tag}:") };
+    let anyone = doc! { "$regex": format!("\\{ANYONE}$") };
+    let updated = format!("updateDescription.updatedFields.{RELEASE_ID}");
+    let whole = |name: &str| format!("fullDocument.{name}");
     let mut project = doc! {
         "operationType": 1,
         "documentKey": 1,
-        "updateDescription": 1,
+        "updateDescription.removedFields": 1,
         "fullDocument._id": 1,
     };
     for field in RELEASE_VIEW {
-        project.insert(format!("fullDocument.{field}"), 1);
+        project.insert(whole(field), 1);
+        if field != QUEUE {
+            project.insert(format!("updateDescription.updatedFields.{field}"), 1);
+        }
     }
-    let mut whose_turn = vec![doc! { format!("fullDocument.{QUEUE}.0.{PROCESS}"): tag }];
+    let mut whose_turn = vec![doc! { format!("{}.0.{PROCESS}", whole(QUEUE)): tag }];
+    let mut updates = vec![
+        doc! { &updated: &granted_here },
+        doc! { &updated: &turn_here },
+    ];
     if wide {
-        whose_turn.push(doc! { format!("fullDocument.{QUEUE}.0"): { "$exists": false } });
+        whose_turn.push(doc! { format!("{}.0", whole(QUEUE)): { "$exists": false } });
+        updates.push(doc! { &updated: &anyone });
     }
     vec![
         doc! { "$match": { "$or": [
             { "operationType": "delete" },
-            { "$and": [
-                { "$or": [
-                    { format!("updateDescription.updatedFields.{PY_LOCKED}"): false },
-                    { "operationType": "replace", format!("fullDocument.{PY_LOCKED}"): false },
-                    // A waiter leaving the queue of a free lock: the new
-                    // head's turn has come (`query::leave_queue`).
-                    {
-                        format!("updateDescription.updatedFields.{RELEASE_ID}"): { "$exists": true },
-                        format!("fullDocument.{PY_LOCKED}"): false,
-                    },
-                ] },
-                { "$or": whose_turn },
+            { "operationType": "update", "$or": updates },
+            { "operationType": "replace", "$or": [
+                { whole(PY_LOCKED): false, "$or": whose_turn },
+                { whole(RELEASE_ID): &granted_here },
+                // A hand-over to another process's waiter that leaves one
+                // of this process's at the head: it now waits for the new
+                // holder's lease, not for the queue to move (if that
+                // holder dies, the head takes over when its lease ends).
+                {
+                    whole(RELEASE_ID): &handed_anywhere,
+                    format!("{}.0.{PROCESS}", whole(QUEUE)): tag,
+                },
+                // A release by the Python package: it replaces the whole
+                // document, our queue included, so whoever asks first may
+                // take the lock, and every process is told.
+                { whole(PY_LOCKED): false, whole(RELEASE_ID): { "$exists": false } },
             ] },
-            { format!("updateDescription.updatedFields.{RELEASE_ID}"): &handed_here },
-            // A hand-over to another process's waiter that leaves one of
-            // this process's at the head: it now waits for the new
-            // holder's lease, not for the queue to move (if that holder
-            // dies, the head takes over when its lease ends).
-            { "$and": [
-                { "$or": [
-                    { format!("updateDescription.updatedFields.{RELEASE_ID}"): &handed_anywhere },
-                    { "operationType": "replace", format!("fullDocument.{RELEASE_ID}"): &handed_anywhere },
-                ] },
-                { format!("fullDocument.{QUEUE}.0.{PROCESS}"): tag },
-            ] },
-            { "operationType": "replace", format!("fullDocument.{RELEASE_ID}"): &handed_here },
-            // A release by the Python package: it replaces the whole
-            // document, our queue included, so whoever asks first may
-            // take the lock, and every process is told.
-            {
-                "operationType": "replace",
-                format!("fullDocument.{PY_LOCKED}"): false,
-                format!("fullDocument.{RELEASE_ID}"): { "$exists": false },
-            },
         ] } },
         doc! { "$project": project },
     ]
@@ -155,7 +152,6 @@ impl StreamTask {
                 .collection
                 .watch()
                 .pipeline(release_events(&tag, wide))
-                .full_document(FullDocumentType::UpdateLookup)
                 .max_await_time(MAX_AWAIT)
                 .resume_after(resume.clone())
                 .await;
@@ -230,7 +226,15 @@ impl StreamTask {
                                         .as_ref()
                                         .and_then(|d| d.get_str(RELEASE_ID).ok())
                                 });
-                            wakeups.event(key, release_id, event.full_document.as_ref());
+                            // The whole document of a `replace`; of an
+                            // `update`, the fields it changed.
+                            let changed = event.update_description.as_ref().map(|u| {
+                                let mut changed = u.updated_fields.clone();
+                                changed.insert("_id", key);
+                                changed
+                            });
+                            let doc = event.full_document.as_ref().or(changed.as_ref());
+                            wakeups.event(key, release_id, doc);
                         }
                     }
                     Ok(None) => {}

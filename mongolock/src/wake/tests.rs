@@ -4,7 +4,7 @@ use futures_util::FutureExt;
 use mongodb::bson::doc;
 
 use super::*;
-use crate::query::{EXPIRES_AT, OWNER, TOKEN};
+use crate::query::{ANYONE, EXPIRES_AT, GRANTED_TO, OWNER, PROCESS, QUEUE, TOKEN, TURN, WAITER};
 
 /// A collection handle that is never used: the client connects lazily.
 async fn unused_collection() -> Collection<Document> {
@@ -224,4 +224,100 @@ async fn a_release_that_hands_over_gives_the_lock_to_its_waiter_only() {
         Some(&doc)
     )));
     assert!(first.take_handed_over().is_none());
+}
+
+#[test]
+fn release_ids_say_what_the_write_did() {
+    let head = |process: &str, waiter: &str| {
+        Turn::Head(Head {
+            process: process.to_owned(),
+            waiter: waiter.to_owned(),
+        })
+    };
+    let cases = [
+        ("r1", "r1", None, Turn::Unsaid),
+        ("r1*", "r1", None, Turn::Anyone),
+        ("r1^p2:c2", "r1", None, head("p2", "c2")),
+        ("r1@p1", "r1", Some("p1"), Turn::Unsaid),
+        ("r1@p1^p2:c2", "r1", Some("p1"), head("p2", "c2")),
+        ("r1^p2", "r1", None, Turn::Unsaid),
+    ];
+    for (id, own, granted_to, turn) in cases {
+        assert_eq!(
+            Marks::of(id),
+            Marks {
+                own,
+                granted_to,
+                turn
+            },
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_release_id_alone_says_whom_to_wake() {
+    // A change event with only the changed fields (MongoDB 5.0+): no queue
+    // to read, the release id says whose turn it is. Which of two waiters
+    // here (claims c1, c2) each release id wakes:
+    let woken = |id: &dyn Fn(&str) -> String, doc: Option<&Document>| {
+        let wakeups = Arc::new(Wakeups::new(false, Duration::ZERO));
+        let waiters = [
+            wakeups.subscribe("job", Some("c1")),
+            wakeups.subscribe("job", Some("c2")),
+        ];
+        let id = id(wakeups.tag());
+        let mut notified: Vec<_> = waiters.iter().map(|w| Box::pin(w.notified())).collect();
+        for n in &mut notified {
+            n.as_mut().enable();
+        }
+        wakeups.event("job", Some(&id), doc);
+        notified
+            .into_iter()
+            .map(|n| n.now_or_never().is_some())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        woken(&|here| format!("r1{TURN}{here}:c2"), None),
+        [false, true]
+    );
+    assert_eq!(
+        woken(&|_| format!("r1{TURN}elsewhere:c2"), None),
+        [false, false]
+    );
+    // Free with nobody queued: the oldest waiter here looks, whatever an
+    // old document's queue said.
+    let stale = headed_by("elsewhere", "c9");
+    assert_eq!(
+        woken(&|_| format!("r1{ANYONE}"), Some(&stale)),
+        [true, false]
+    );
+}
+
+#[tokio::test]
+async fn a_hand_over_is_told_by_the_fields_it_changed() {
+    let wakeups = Arc::new(Wakeups::new(false, Duration::ZERO));
+    let waiter = wakeups.subscribe("job", Some("c2"));
+    let here = wakeups.tag().to_owned();
+    let mut changed = handed_to(&here, "c2", "r1");
+    let id = changed.get_str(RELEASE_ID).unwrap().to_owned();
+    // The owner did not change (the same name), so it is not among them.
+    changed.remove(OWNER);
+    assert!(wakes(&waiter, || wakeups.event(
+        "job",
+        Some(&id),
+        Some(&changed)
+    )));
+    let given = waiter.take_handed_over().expect("handed over");
+    assert_eq!((given.token, given.owner), (7, None));
+    // Without the new token it is only woken, to ask the server.
+    changed.remove(TOKEN);
+    let id = format!("r2{GRANTED_TO}{here}");
+    changed.insert(RELEASE_ID, &id);
+    assert!(wakes(&waiter, || wakeups.event(
+        "job",
+        Some(&id),
+        Some(&changed)
+    )));
+    assert!(waiter.take_handed_over().is_none());
 }

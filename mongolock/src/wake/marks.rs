@@ -1,0 +1,75 @@
+//! What a write tells the waiters: the release id's marks (see
+//! [`RELEASE_ID`](crate::query)), and the queue's head.
+
+use mongodb::bson::Document;
+
+use crate::query::{ANYONE, GRANTED_TO, PROCESS, QUEUE, TURN, WAITER};
+
+/// The head of a key's queue: whose turn it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(super) process: String,
+    pub(super) waiter: String,
+}
+
+/// What a release id says (see [`crate::query::RELEASE_ID`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Marks<'a> {
+    /// The id of the write, as its writer chose it.
+    pub(super) own: &'a str,
+    /// The process it handed the lock over to.
+    pub(super) granted_to: Option<&'a str>,
+    pub(super) turn: Turn,
+}
+
+/// Whose turn a write made it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Turn {
+    /// This waiter's, the queue's head.
+    Head(Head),
+    /// Anyone's: the lock is free and nobody queues.
+    Anyone,
+    /// The id does not say (a write that left the lock held, or one by a
+    /// writer that does not mark its ids).
+    Unsaid,
+}
+
+impl<'a> Marks<'a> {
+    pub(super) fn of(id: &'a str) -> Self {
+        let (rest, turn) = if let Some(rest) = id.strip_suffix(ANYONE) {
+            (rest, Turn::Anyone)
+        } else if let Some((rest, head)) = id.split_once(TURN) {
+            let turn = head
+                .split_once(':')
+                .map_or(Turn::Unsaid, |(process, waiter)| {
+                    Turn::Head(Head {
+                        process: process.to_owned(),
+                        waiter: waiter.to_owned(),
+                    })
+                });
+            (rest, turn)
+        } else {
+            (id, Turn::Unsaid)
+        };
+        let (own, granted_to) = match rest.split_once(GRANTED_TO) {
+            Some((own, to)) => (own, Some(to)),
+            None => (rest, None),
+        };
+        Marks {
+            own,
+            granted_to,
+            turn,
+        }
+    }
+}
+
+impl Head {
+    /// The first entry of a lock document's queue, if any.
+    pub(crate) fn of(doc: Option<&Document>) -> Option<Self> {
+        let entry = doc?.get_array(QUEUE).ok()?.first()?.as_document()?;
+        Some(Self {
+            process: entry.get_str(PROCESS).ok()?.to_owned(),
+            waiter: entry.get_str(WAITER).ok()?.to_owned(),
+        })
+    }
+}
