@@ -14,7 +14,7 @@ pub(crate) fn queued_as(key: &str, claim: &str) -> Document {
 /// `release_id`, which names the new head's turn if the lock is free (or
 /// says anyone's, with nobody left in the queue): the change stream tells
 /// that head, as a release would (see [`crate::wake::release_events`]).
-/// Used with [`queued_as`].
+/// Used with `queued_as`.
 pub fn leave_queue(claim: &str, release_id: &str) -> Vec<Document> {
     let left = doc! { "$filter": {
         "input": { "$ifNull": [field(QUEUE), []] },
@@ -73,7 +73,7 @@ pub(crate) fn free_for_anyone(release_id: &str) -> String {
 /// The release of a lock nobody queues for, without a minimum hold: a plain
 /// operator update (no pipeline, nothing returned). The lease ends at the
 /// server's now. Used with a [`by_holder`] filter made
-/// [`without_queue`], so its id says that anyone may take the lock.
+/// `without_queue`, so its id says that anyone may take the lock.
 pub fn release_plain(release_id: &str) -> Document {
     doc! {
         "$currentDate": { EXPIRES_AT: true, PY_EXPIRE: true },
@@ -100,7 +100,7 @@ pub fn release_plain(release_id: &str) -> Document {
 ///
 /// `release_id` marks the release, so that its change event is known as
 /// this process's own, and is followed by what the release did (see
-/// [`RELEASE_ID`]): the process it handed over to, and the next waiter's
+/// the `release_id` field): the process it handed over to, and the next waiter's
 /// turn, or anyone's.
 pub fn release_update(min_hold_millis: i64, release_id: &str, hand_over: bool) -> Vec<Document> {
     // The head, if it can take over: an entry with a lease (so written

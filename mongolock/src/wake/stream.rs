@@ -42,7 +42,7 @@ pub(super) struct StreamTask {
 /// (`updateLookup` would cost the server a read per event and per open
 /// stream, and send every process the queue): an `update` is judged by the
 /// release id it writes, which says what the write did (see
-/// [`RELEASE_ID`](crate::query)): handed the lock over to a waiter of this
+/// the `release_id` field): handed the lock over to a waiter of this
 /// process (`@tag`), made it a waiter of this process's turn (`^tag:`, the
 /// queue's head of a lock left free, or the next in line after a hand-over
 /// to another process), or, for waiters outside any queue (if `wide`), left
