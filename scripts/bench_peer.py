@@ -16,7 +16,7 @@ Speaks the line protocol of `examples/bench.rs` on standard input/output:
     IDLE key n secs       -> n threads wait on key (held elsewhere); after a
                              settling time, counts commands for secs seconds
                              -> IDLE commands
-    COMMANDS              -> COMMANDS <commands sent so far> <empty getMores>
+    COMMANDS              -> COMMANDS <commands sent so far> <empty getMores> <writes> <change events>
     QUIT
 """
 import sys
@@ -33,12 +33,15 @@ SETTLE = 3.0
 class Counter(monitoring.CommandListener):
     def __init__(self):
         self.count = 0
+        self.writes = 0
         self.guard = threading.Lock()
 
     def started(self, event):
         if event.command_name not in ("hello", "isMaster", "ismaster"):
             with self.guard:
                 self.count += 1
+                if event.command_name in ("insert", "update", "delete", "findAndModify"):
+                    self.writes += 1
 
     def succeeded(self, event):
         pass
@@ -133,7 +136,7 @@ def main():
             for w in workers:
                 w.join()
         elif command == "COMMANDS":
-            say(f"COMMANDS {counter.count} 0")
+            say(f"COMMANDS {counter.count} 0 {counter.writes} 0")
         elif command == "QUIT":
             return
 

@@ -28,14 +28,19 @@ const SETTLE: Duration = Duration::from_secs(3);
 const LEASE: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Commands a client sent (other than monitoring), and of them the
-/// `getMore`s that came back empty: a change stream's wait that ended
-/// without an event.
+/// Commands a client sent (other than monitoring), of them the `getMore`s
+/// that came back empty (a change stream's wait that ended without an
+/// event) and the writes, and the change events its cursors were sent.
 #[derive(Default)]
 pub struct Counts {
     pub commands: AtomicU64,
     pub empty_get_mores: AtomicU64,
+    pub writes: AtomicU64,
+    pub events: AtomicU64,
 }
+
+/// The commands that write.
+const WRITES: [&str; 4] = ["insert", "update", "delete", "findAndModify"];
 
 /// A client whose commands are counted.
 pub async fn counted_client(uri: &str) -> Result<(Client, Arc<Counts>)> {
@@ -47,16 +52,20 @@ pub async fn counted_client(uri: &str) -> Result<(Client, Arc<Counts>)> {
             if started.command_name != "hello" && started.command_name != "isMaster" =>
         {
             seen.commands.fetch_add(1, Ordering::Relaxed);
+            if WRITES.contains(&started.command_name.as_str()) {
+                seen.writes.fetch_add(1, Ordering::Relaxed);
+            }
         }
         CommandEvent::Succeeded(done) if done.command_name == "getMore" => {
-            let empty = done
+            let batch = done
                 .reply
                 .get_document("cursor")
                 .and_then(|c| c.get_array("nextBatch"))
-                .is_ok_and(|batch| batch.is_empty());
-            if empty {
+                .map_or(0, Vec::len);
+            if batch == 0 {
                 seen.empty_get_mores.fetch_add(1, Ordering::Relaxed);
             }
+            seen.events.fetch_add(batch as u64, Ordering::Relaxed);
         }
         _ => {}
     }));
@@ -234,9 +243,11 @@ pub async fn run(kind: &str) -> Result<()> {
                 }
             }
             ["COMMANDS"] => println!(
-                "COMMANDS {} {}",
+                "COMMANDS {} {} {} {}",
                 counts.commands.load(Ordering::Relaxed),
-                counts.empty_get_mores.load(Ordering::Relaxed)
+                counts.empty_get_mores.load(Ordering::Relaxed),
+                counts.writes.load(Ordering::Relaxed),
+                counts.events.load(Ordering::Relaxed)
             ),
             ["QUIT"] => break,
             _ => return Err(format!("peer: unknown command {line}").into()),
