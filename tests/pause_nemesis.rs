@@ -1,7 +1,11 @@
 //! The pause nemesis: worker processes loop on one key (fair, `fair(false)`,
 //! fair with renewal, and the Python package `mongolock`), while random
 //! workers and the server are frozen (SIGSTOP) for longer than both the
-//! lease and the queue expiry, and workers are killed and restarted.
+//! lease and the queue expiry, and workers are killed and restarted. The
+//! Python package's worker starts first, and the Rust workers once it holds
+//! the lock, so that every run has ours meet a lock it holds (it takes the
+//! lock later only when nobody queues for it, which the run leaves to
+//! chance).
 //!
 //! Each worker logs what it *believes*, on the machine's one clock: every
 //! instant at which `is_lost()` still said false, with the timestamp taken
@@ -35,6 +39,9 @@ const LEASE: Duration = Duration::from_millis(1500);
 const QUEUE_EXPIRY: Duration = Duration::from_secs(1);
 /// The Rust workers, by kind; the Python package's worker comes on top.
 const KINDS: [&str; 4] = ["fair", "fair", "unfair", "renew"];
+/// How long the Python package's worker may take to start and take the
+/// free lock, before the Rust workers start; the run is that much longer.
+const PYTHON_START: Duration = Duration::from_secs(2);
 
 fn now_us() -> i64 {
     SystemTime::now()
@@ -112,6 +119,8 @@ struct Worker {
     pid: u32,
 }
 
+/// Starts a worker whose output goes to `history`; `holds` is told when it
+/// first reports holding the lock.
 fn spawn(
     kind: &'static str,
     name: String,
@@ -119,6 +128,7 @@ fn spawn(
     stop_at: i64,
     python: &str,
     history: &Arc<Mutex<History>>,
+    holds: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Worker {
     let mut command = if kind == "python" {
         let mut command = Command::new(python);
@@ -145,9 +155,15 @@ fn spawn(
     let stdout = child.stdout.take().unwrap();
     let (history, worker) = (history.clone(), name.clone());
     tokio::spawn(async move {
+        let mut holds = holds;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             history.lock().unwrap().line(&worker, &line);
+            if line.starts_with("S ") {
+                if let Some(holds) = holds.take() {
+                    let _ = holds.send(());
+                }
+            }
         }
     });
     Worker {
@@ -174,14 +190,42 @@ async fn paused_workers_and_server_never_believe_at_once_and_tokens_grow() {
     let python = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let server = LocalServer::start(&[]).unwrap();
     let uri = server.uri().to_owned();
-    let stop_at = now_us() + i64::try_from(RUN.as_micros()).unwrap();
+    let stop_at = now_us() + i64::try_from((RUN + PYTHON_START).as_micros()).unwrap();
     let history = Arc::new(Mutex::new(History::default()));
+    // The Python package's worker first, and the Rust workers once it
+    // holds the lock: in every run ours meet a lock the Python package
+    // holds. (Later it wins only when nobody queues: it cannot queue.)
+    let (holds, held) = tokio::sync::oneshot::channel();
+    let name = format!("python{}", KINDS.len());
+    let first = spawn(
+        "python",
+        name,
+        &uri,
+        stop_at,
+        &python,
+        &history,
+        Some(holds),
+    );
+    tokio::time::timeout(Duration::from_secs(60), held)
+        .await
+        .expect("the Python package's worker did not take the free lock")
+        .expect("the Python package's worker ended before holding the lock");
     let mut workers: Vec<Worker> = KINDS
         .iter()
-        .chain(["python"].iter())
         .enumerate()
-        .map(|(i, kind)| spawn(kind, format!("{kind}{i}"), &uri, stop_at, &python, &history))
+        .map(|(i, kind)| {
+            spawn(
+                kind,
+                format!("{kind}{i}"),
+                &uri,
+                stop_at,
+                &python,
+                &history,
+                None,
+            )
+        })
         .collect();
+    workers.push(first);
     // Freezes run side by side (several workers, and the server, may be
     // stopped at once); a frozen worker is not killed, so a killed worker's
     // last belief ends when it was killed.
@@ -246,7 +290,7 @@ async fn paused_workers_and_server_never_believe_at_once_and_tokens_grow() {
                 history.lock().unwrap().killed(&worker.name);
                 generation += 1;
                 let name = format!("{}-{generation}", worker.name);
-                *worker = spawn(worker.kind, name, &uri, stop_at, &python, &history);
+                *worker = spawn(worker.kind, name, &uri, stop_at, &python, &history, None);
                 killed += 1;
             }
             _ => {}

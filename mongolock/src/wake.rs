@@ -18,7 +18,7 @@ mod stream;
 
 pub(crate) use interest::Interest;
 pub(crate) use local_release::LocalRelease;
-use marks::{Head, Marks, Turn};
+use marks::{Head, Marks};
 pub use stream::release_events;
 use stream::StreamTask;
 
@@ -247,28 +247,21 @@ impl Wakeups {
         self.released(key, release_id, doc);
     }
 
-    /// A release of `key` took effect, leaving `doc` (the whole document, or
-    /// only the fields it changed). If it handed the lock over to a waiter
-    /// here, that waiter gets it; if to another process, nobody here is
-    /// woken unless a waiter here is next in line; if it left the lock free,
-    /// the waiter whose turn it is is woken. Whose turn it is, the release
-    /// id says (see [`crate::query::RELEASE_ID`]), or else the document's
-    /// queue.
+    /// A release of `key` took effect, leaving `doc` (see
+    /// [`changed_view`](marks::changed_view) for an event that carries only
+    /// the changed fields). If it handed the lock over to a waiter here,
+    /// that waiter gets it; if to another process, nobody here is woken
+    /// unless a waiter here is the queue's head now; if it left the lock
+    /// free, the waiter whose turn it is is woken.
     fn released(&self, key: &str, release_id: Option<&str>, doc: Option<&Document>) {
-        let marks = release_id.map(Marks::of);
-        let head = match marks.as_ref().map(|m| &m.turn) {
-            Some(Turn::Head(head)) => Some(head.clone()),
-            Some(Turn::Anyone) => None,
-            Some(Turn::Unsaid) | None => Head::of(doc),
-        };
-        let Some(process) = marks.as_ref().and_then(|m| m.granted_to) else {
-            self.wake(key, head.as_ref());
+        let Some(process) = release_id.and_then(|id| Marks::of(id).granted_to) else {
+            self.wake(key, Head::of(doc).as_ref());
             return;
         };
         if process != self.tag {
             // Handed to another process's waiter: this process's waiter
             // may be the queue's new head, and wait for that holder now.
-            if let Some(head) = head {
+            if let Some(head) = Head::of(doc) {
                 self.wake(key, Some(&head));
             }
             return;

@@ -1,9 +1,9 @@
 //! What a write tells the waiters: the release id's marks (see
 //! [`RELEASE_ID`](crate::query)), and the queue's head.
 
-use mongodb::bson::Document;
+use mongodb::bson::{doc, Document};
 
-use crate::query::{ANYONE, GRANTED_TO, PROCESS, QUEUE, TURN, WAITER};
+use crate::query::{ANYONE, GRANTED_TO, PROCESS, QUEUE, RELEASE_ID, TURN, WAITER};
 
 /// The head of a key's queue: whose turn it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,29 @@ impl<'a> Marks<'a> {
             turn,
         }
     }
+}
+
+/// The lock document of `key` as an `update` event tells it: MongoDB 5.0+
+/// sends only the fields a write `changed`, and no stream of ours looks the
+/// document up. Those fields, the key, and, standing in for the queue, the
+/// waiter whose turn the release id names (none when it names nobody's, or
+/// anyone's). A whole document (a reply, a `replace`) is read as it is: its
+/// queue is the truth, also after writes that set no release id.
+pub(super) fn changed_view(key: &str, changed: &Document) -> Document {
+    let mut view = changed.clone();
+    view.insert("_id", key);
+    view.remove(QUEUE);
+    let turn = changed
+        .get_str(RELEASE_ID)
+        .ok()
+        .map(|id| Marks::of(id).turn);
+    if let Some(Turn::Head(head)) = turn {
+        view.insert(
+            QUEUE,
+            vec![doc! { PROCESS: head.process, WAITER: head.waiter }],
+        );
+    }
+    view
 }
 
 impl Head {

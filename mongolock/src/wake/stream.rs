@@ -227,12 +227,11 @@ impl StreamTask {
                                         .and_then(|d| d.get_str(RELEASE_ID).ok())
                                 });
                             // The whole document of a `replace`; of an
-                            // `update`, the fields it changed.
-                            let changed = event.update_description.as_ref().map(|u| {
-                                let mut changed = u.updated_fields.clone();
-                                changed.insert("_id", key);
-                                changed
-                            });
+                            // `update`, what its changed fields tell.
+                            let changed = event
+                                .update_description
+                                .as_ref()
+                                .map(|u| super::marks::changed_view(key, &u.updated_fields));
                             let doc = event.full_document.as_ref().or(changed.as_ref());
                             wakeups.event(key, release_id, doc);
                         }

@@ -3,6 +3,7 @@
 use futures_util::FutureExt;
 use mongodb::bson::doc;
 
+use super::marks::Turn;
 use super::*;
 use crate::query::{ANYONE, EXPIRES_AT, GRANTED_TO, OWNER, PROCESS, QUEUE, TOKEN, TURN, WAITER};
 
@@ -256,42 +257,54 @@ fn release_ids_say_what_the_write_did() {
 }
 
 #[tokio::test]
-async fn a_release_id_alone_says_whom_to_wake() {
-    // A change event with only the changed fields (MongoDB 5.0+): no queue
-    // to read, the release id says whose turn it is. Which of two waiters
-    // here (claims c1, c2) each release id wakes:
-    let woken = |id: &dyn Fn(&str) -> String, doc: Option<&Document>| {
+async fn an_event_with_only_the_changed_fields_wakes_whom_its_release_id_names() {
+    // Which of two waiters here (claims c1, c2) an event wakes, given its
+    // release id (made from this process's tag) and only the fields it
+    // changed (MongoDB 5.0+), which name nothing else.
+    let woken = |id: &dyn Fn(&str) -> String| {
         let wakeups = Arc::new(Wakeups::new(false, Duration::ZERO));
         let waiters = [
             wakeups.subscribe("job", Some("c1")),
             wakeups.subscribe("job", Some("c2")),
         ];
         let id = id(wakeups.tag());
+        let changed = marks::changed_view("job", &doc! { RELEASE_ID: &id });
         let mut notified: Vec<_> = waiters.iter().map(|w| Box::pin(w.notified())).collect();
         for n in &mut notified {
             n.as_mut().enable();
         }
-        wakeups.event("job", Some(&id), doc);
+        wakeups.event("job", Some(&id), Some(&changed));
         notified
             .into_iter()
             .map(|n| n.now_or_never().is_some())
             .collect::<Vec<_>>()
     };
+    assert_eq!(woken(&|here| format!("r1{TURN}{here}:c2")), [false, true]);
+    assert_eq!(woken(&|_| format!("r1{TURN}elsewhere:c2")), [false, false]);
+    // Free with nobody queued: the oldest waiter here looks.
+    assert_eq!(woken(&|_| format!("r1{ANYONE}")), [true, false]);
+    // Handed to another process, this process's waiter next in line.
     assert_eq!(
-        woken(&|here| format!("r1{TURN}{here}:c2"), None),
+        woken(&|here| format!("r1{GRANTED_TO}elsewhere{TURN}{here}:c2")),
         [false, true]
     );
-    assert_eq!(
-        woken(&|_| format!("r1{TURN}elsewhere:c2"), None),
-        [false, false]
-    );
-    // Free with nobody queued: the oldest waiter here looks, whatever an
-    // old document's queue said.
-    let stale = headed_by("elsewhere", "c9");
-    assert_eq!(
-        woken(&|_| format!("r1{ANYONE}"), Some(&stale)),
-        [true, false]
-    );
+    // A whole document's queue is the truth, whatever an older release id
+    // says (a write that sets none, such as an attempt, left it).
+    let wakeups = Arc::new(Wakeups::new(false, Duration::ZERO));
+    let first = wakeups.subscribe("job", Some("c1"));
+    let second = wakeups.subscribe("job", Some("c2"));
+    let doc = headed_by(wakeups.tag(), "c2");
+    let id = format!("r1{TURN}elsewhere:c9");
+    assert!(!wakes(&first, || wakeups.event(
+        "job",
+        Some(&id),
+        Some(&doc)
+    )));
+    assert!(wakes(&second, || wakeups.event(
+        "job",
+        Some(&id),
+        Some(&doc)
+    )));
 }
 
 #[tokio::test]
@@ -299,10 +312,12 @@ async fn a_hand_over_is_told_by_the_fields_it_changed() {
     let wakeups = Arc::new(Wakeups::new(false, Duration::ZERO));
     let waiter = wakeups.subscribe("job", Some("c2"));
     let here = wakeups.tag().to_owned();
-    let mut changed = handed_to(&here, "c2", "r1");
-    let id = changed.get_str(RELEASE_ID).unwrap().to_owned();
+    let mut fields = handed_to(&here, "c2", "r1");
+    let id = fields.get_str(RELEASE_ID).unwrap().to_owned();
     // The owner did not change (the same name), so it is not among them.
-    changed.remove(OWNER);
+    fields.remove(OWNER);
+    fields.remove("_id");
+    let changed = marks::changed_view("job", &fields);
     assert!(wakes(&waiter, || wakeups.event(
         "job",
         Some(&id),
@@ -311,9 +326,10 @@ async fn a_hand_over_is_told_by_the_fields_it_changed() {
     let given = waiter.take_handed_over().expect("handed over");
     assert_eq!((given.token, given.owner), (7, None));
     // Without the new token it is only woken, to ask the server.
-    changed.remove(TOKEN);
+    fields.remove(TOKEN);
     let id = format!("r2{GRANTED_TO}{here}");
-    changed.insert(RELEASE_ID, &id);
+    fields.insert(RELEASE_ID, &id);
+    let changed = marks::changed_view("job", &fields);
     assert!(wakes(&waiter, || wakeups.event(
         "job",
         Some(&id),
