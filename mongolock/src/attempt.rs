@@ -6,6 +6,7 @@ use std::time::Duration;
 use mongodb::options::ReturnDocument;
 
 use crate::clock::Probe;
+use crate::contention::Hint;
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
 use crate::lease::Anchor;
@@ -144,14 +145,15 @@ impl MongoLock {
         let fair = req.fair && !req.claim.is_empty() && tick.is_none();
         // A key not seen contended lately most likely has no queue, and is
         // most likely free.
-        let calm = !self.contention().lately(&req.key);
+        let hint = self.contention().of(&req.key);
+        let calm = !hint.contended;
         let mut queueing = fair.then(|| query::Queueing {
             tag: self.wakeups().tag(),
             expiry_millis: self.queue_expiry_millis(),
             join: req.timeout.is_some(),
             expect_none: calm,
         });
-        match self.quick(req, calm).await? {
+        match self.quick(req, hint).await? {
             Quick::NotTried => {}
             Quick::Took(acquired) => return Ok(*acquired),
             // Taken, queued, expired but not released, or the token too low:
@@ -249,20 +251,18 @@ impl MongoLock {
 
     /// The quick take (see [`query::quick_take`]), where it may succeed: an
     /// attempt (fair or not, not a tick's claim) on a key not seen contended
-    /// lately (`calm`), whose document a reply showed, with a fresh reading
-    /// of the server's clock to propose the fencing token from. Unless it
-    /// took the lock, the caller's pipeline attempt follows.
+    /// lately, whose document a reply showed (both as `hint` says), with a
+    /// fresh reading of the server's clock to propose the fencing token
+    /// from. Unless it took the lock, the caller's pipeline attempt follows.
     ///
     /// The lease is counted as every lease is (see
     /// [`Anchor::believed_until`]): from when the request left, with the
     /// token's instant as the server's reading. That instant is at or before
     /// the server's grant, which the span from it to `at + lease` therefore
     /// never overstates.
-    async fn quick(&self, req: &Request, calm: bool) -> Result<Quick> {
-        let worth_trying = self.memory().is_none()
-            && req.tick.is_none()
-            && calm
-            && self.contention().known(&req.key);
+    async fn quick(&self, req: &Request, hint: Hint) -> Result<Quick> {
+        let worth_trying =
+            self.memory().is_none() && req.tick.is_none() && !hint.contended && hint.known;
         let Some(token) = worth_trying
             .then(|| self.server_clock().floor_micros())
             .flatten()

@@ -60,20 +60,37 @@ impl Contention {
         }
     }
 
-    /// Whether `key` was found taken within the last while.
-    pub(crate) fn lately(&self, key: &str) -> bool {
+    /// What this process saw of `key` lately, in one look at the table.
+    pub(crate) fn of(&self, key: &str) -> Hint {
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.get(key)
-            .and_then(|s| s.taken)
-            .is_some_and(|at| at.elapsed() < self.lately)
+        let entry = seen.get(key);
+        Hint {
+            known: entry.is_some(),
+            contended: entry
+                .and_then(|s| s.taken)
+                .is_some_and(|at| at.elapsed() < self.lately),
+        }
     }
 
-    /// Whether a reply showed `key`'s document since this process last
-    /// forgot it (a full table forgets the keys not seen lately first).
-    pub(crate) fn known(&self, key: &str) -> bool {
-        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.contains_key(key)
+    #[cfg(test)]
+    fn lately(&self, key: &str) -> bool {
+        self.of(key).contended
     }
+
+    #[cfg(test)]
+    fn known(&self, key: &str) -> bool {
+        self.of(key).known
+    }
+}
+
+/// What this process saw of a key lately ([`Contention::of`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hint {
+    /// A reply showed its document since this process last forgot it (a
+    /// full table forgets the keys not seen lately first).
+    pub(crate) known: bool,
+    /// It was found taken within the last while.
+    pub(crate) contended: bool,
 }
 
 /// What was seen of one key.
