@@ -267,7 +267,7 @@ impl Wakeups {
             return;
         }
         // Only the document as that very release left it says who holds the
-        // lock now; a later one (looked up after another release) is old news.
+        // lock now; one that shows another release's id is old news.
         let Some(current) = doc.filter(|d| d.get_str(RELEASE_ID).ok() == release_id) else {
             return;
         };

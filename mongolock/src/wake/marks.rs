@@ -19,37 +19,23 @@ pub(super) struct Marks<'a> {
     pub(super) own: &'a str,
     /// The process it handed the lock over to.
     pub(super) granted_to: Option<&'a str>,
-    pub(super) turn: Turn,
-}
-
-/// Whose turn a write made it.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Turn {
-    /// This waiter's, the queue's head.
-    Head(Head),
-    /// Anyone's: the lock is free and nobody queues.
-    Anyone,
-    /// The id does not say (a write that left the lock held, or one by a
-    /// writer that does not mark its ids).
-    Unsaid,
+    /// The waiter whose turn the write made it, if it names one (not when
+    /// it left the lock free to anyone, or still held).
+    pub(super) turn: Option<Head>,
 }
 
 impl<'a> Marks<'a> {
     pub(super) fn of(id: &'a str) -> Self {
         let (rest, turn) = if let Some(rest) = id.strip_suffix(ANYONE) {
-            (rest, Turn::Anyone)
+            (rest, None)
         } else if let Some((rest, head)) = id.split_once(TURN) {
-            let turn = head
-                .split_once(':')
-                .map_or(Turn::Unsaid, |(process, waiter)| {
-                    Turn::Head(Head {
-                        process: process.to_owned(),
-                        waiter: waiter.to_owned(),
-                    })
-                });
+            let turn = head.split_once(':').map(|(process, waiter)| Head {
+                process: process.to_owned(),
+                waiter: waiter.to_owned(),
+            });
             (rest, turn)
         } else {
-            (id, Turn::Unsaid)
+            (id, None)
         };
         let (own, granted_to) = match rest.split_once(GRANTED_TO) {
             Some((own, to)) => (own, Some(to)),
@@ -76,8 +62,8 @@ pub(super) fn changed_view(key: &str, changed: &Document) -> Document {
     let turn = changed
         .get_str(RELEASE_ID)
         .ok()
-        .map(|id| Marks::of(id).turn);
-    if let Some(Turn::Head(head)) = turn {
+        .and_then(|id| Marks::of(id).turn);
+    if let Some(head) = turn {
         view.insert(
             QUEUE,
             vec![doc! { PROCESS: head.process, WAITER: head.waiter }],

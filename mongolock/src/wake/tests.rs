@@ -3,7 +3,6 @@
 use futures_util::FutureExt;
 use mongodb::bson::doc;
 
-use super::marks::Turn;
 use super::*;
 use crate::query::{ANYONE, EXPIRES_AT, GRANTED_TO, OWNER, PROCESS, QUEUE, TOKEN, TURN, WAITER};
 
@@ -230,18 +229,18 @@ async fn a_release_that_hands_over_gives_the_lock_to_its_waiter_only() {
 #[test]
 fn release_ids_say_what_the_write_did() {
     let head = |process: &str, waiter: &str| {
-        Turn::Head(Head {
+        Some(Head {
             process: process.to_owned(),
             waiter: waiter.to_owned(),
         })
     };
     let cases = [
-        ("r1", "r1", None, Turn::Unsaid),
-        ("r1*", "r1", None, Turn::Anyone),
+        ("r1", "r1", None, None),
+        ("r1*", "r1", None, None),
         ("r1^p2:c2", "r1", None, head("p2", "c2")),
-        ("r1@p1", "r1", Some("p1"), Turn::Unsaid),
+        ("r1@p1", "r1", Some("p1"), None),
         ("r1@p1^p2:c2", "r1", Some("p1"), head("p2", "c2")),
-        ("r1^p2", "r1", None, Turn::Unsaid),
+        ("r1^p2", "r1", None, None),
     ];
     for (id, own, granted_to, turn) in cases {
         assert_eq!(
