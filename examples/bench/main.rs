@@ -309,12 +309,11 @@ async fn write_costs(bench: &Bench) -> Result<Vec<(&'static str, Duration)>> {
             // acquisitions, held by "o" for the releases.
             let held = matches!(kind, 1 | 3 | 8 | 9);
             // A released lock has no owner (the quick take asks for that).
-            let (set, unset) = if held {
+            let (mut set, unset) = if held {
                 (doc! { "owner": owner }, doc! { "queue": "" })
             } else {
                 (doc! {}, doc! { "queue": "", "owner": "" })
             };
-            let mut set = set;
             set.insert("locked", held);
             set.insert("token", 1_i64);
             coll.update_one(
